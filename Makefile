@@ -1,0 +1,38 @@
+# Developer commands. `make test` is what CI runs (through .ci/run).
+PY ?= .venv/bin/python
+BUF ?= node_modules/.bin/buf
+
+.PHONY: setup generate check-generated lint format test bench serve
+
+setup:            ## virtualenv with the package and dev tools, plus buf from npm
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	npm install --no-audit --no-fund --silent
+
+generate:         ## regenerate generated/ from protos/
+	$(PY) scripts/generate_protos.py
+
+check-generated: generate  ## fail when generated/ differs from what protos/ produce
+	git diff --exit-code --stat -- generated/
+	test -z "$$(git status --porcelain -- generated/)"
+
+lint:             ## ruff + buf lint + buf format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(BUF) lint
+	$(BUF) format -d --exit-code protos
+
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+	$(BUF) format -w protos
+
+test: setup check-generated lint  ## everything CI checks
+	$(PY) -m pytest -q
+
+bench:            ## benchmark table: gateway vs direct REST (not part of `make test`)
+	$(PY) -m bench
+
+serve:
+	.venv/bin/gemini-gateway serve --emulator
