@@ -1,0 +1,138 @@
+"""The gateway process: gRPC server, forwarded services, reflection and health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from generated.google.ai.generativelanguage.v1beta import (
+    generative_service_pb2,
+    model_service_pb2,
+)
+from server.config import Settings
+from server.forwarder import Forwarder
+from server.routes import RouteTable
+from server.upstream import UpstreamClient, make_flavour, make_transport
+
+log = logging.getLogger(__name__)
+
+# Services forwarded to the REST API, each method by its google.api.http rule.
+FORWARDED_SERVICES = (
+    generative_service_pb2.DESCRIPTOR.services_by_name["GenerativeService"],
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+)
+
+
+def build_route_table() -> RouteTable:
+    return RouteTable.from_services(FORWARDED_SERVICES)
+
+
+@dataclass
+class Gateway:
+    """A running gateway; `port` is the bound port (useful with port 0)."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    upstream: UpstreamClient
+    health: health.aio.HealthServicer
+    _emulator: object | None = field(default=None)
+
+    @property
+    def target(self) -> str:
+        host = (
+            "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "[::]") else self.settings.host
+        )
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        await self.upstream.aclose()
+        if self._emulator is not None:
+            await self._emulator.close()  # type: ignore[attr-defined]
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("tls_cert_file needs tls_key_file")
+    root = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=root,
+        require_client_auth=root is not None,
+    )
+
+
+async def start_gateway(settings: Settings | None = None) -> Gateway:
+    """Validate the routes, connect the upstream and start serving."""
+    settings = settings or Settings()
+    routes = build_route_table()  # a bad http rule stops start-up here
+
+    emulator = None
+    emulator_url = None
+    if settings.upstream == "emulator" and not settings.upstream_url:
+        from emulator.runner import start_emulator
+
+        emulator = await start_emulator()
+        emulator_url = emulator.url
+    upstream = UpstreamClient(
+        make_flavour(settings, emulator_url), make_transport(settings), settings.upstream_timeout_s
+    )
+
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers(Forwarder(routes, upstream).generic_handlers())
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_names = [service.full_name for service in FORWARDED_SERVICES]
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    await server.start()
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "gateway listening on %s:%d, upstream %s (%s)",
+        settings.host,
+        port,
+        settings.upstream,
+        getattr(upstream.flavour, "base_url", "?"),
+    )
+    return Gateway(settings, server, port, upstream, health_servicer, emulator)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight calls."""
+    gateway = await start_gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"Gemini gRPC gateway listening on {gateway.target} (upstream: {settings.upstream})")
+    print(f"  try: gemini-gateway generate 'Hello' --target {gateway.target}")
+    await stop.wait()
+    log.info("shutting down")
+    await gateway.stop()

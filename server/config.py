@@ -1,0 +1,77 @@
+"""Gateway settings: one typed object, read from the environment and an optional TOML file.
+
+Precedence: command-line options > environment (GEMINI_GATEWAY_*) > the TOML file named by
+GEMINI_GATEWAY_CONFIG (default ./gateway.toml, when present) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+GEMINI_API_URL = "https://generativelanguage.googleapis.com"
+
+UpstreamKind = Literal["emulator", "gemini", "vertex"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GEMINI_GATEWAY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(50051, description="gRPC port (0 picks a free one).")
+    upstream: UpstreamKind = Field(
+        "emulator",
+        description="emulator (embedded, offline), gemini (API key) or vertex (ADC).",
+    )
+    upstream_url: str | None = Field(
+        None,
+        description="Base URL of the REST upstream; defaults per upstream kind "
+        "(embedded emulator's loopback URL, Google's Gemini API, Vertex AI's host).",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Gemini API key the gateway sends upstream."
+    )
+    pass_through_api_key: bool = Field(
+        False,
+        description="Send the caller's x-goog-api-key metadata upstream (else api_key).",
+    )
+    vertex_project: str | None = Field(None, description="Google Cloud project for Vertex AI.")
+    vertex_location: str = Field("us-central1", description="Vertex AI location ('global' too).")
+    http_client: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="Upstream HTTP client library."
+    )
+    upstream_timeout_s: float = Field(
+        600.0, description="Upstream time limit for calls that carry no gRPC deadline."
+    )
+    connect_timeout_s: float = Field(10.0, description="Upstream connect time limit.")
+    max_connections: int = Field(256, description="Pooled upstream connections.")
+    max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent, in MiB.")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mTLS)."
+    )
+    shutdown_grace_s: float = Field(5.0, description="Time in-flight calls get on shutdown.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get("GEMINI_GATEWAY_CONFIG", "gateway.toml"))
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file)
+        return (init_settings, env_settings, toml)

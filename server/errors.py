@@ -1,0 +1,174 @@
+"""REST error bodies -> gRPC status with google.rpc details.
+
+The mapping is one table, as data. Google's error body names its google.rpc.Code in
+`error.status`, which is authoritative; the HTTP status is only a fallback for bodies
+that cannot be parsed (the API-level mapping documented in google/rpc/code.proto, not
+gRPC's transport-level HTTP table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, json_format, symbol_database
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+log = logging.getLogger(__name__)
+
+# Imported for its side effect: registers google.rpc.* detail types in the default pool,
+# so details named by "@type" can be parsed.
+_DETAIL_TYPES = error_details_pb2
+
+# google.rpc.Code name -> gRPC status code (the names are the same by definition).
+STATUS_BY_NAME: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
+
+# HTTP status -> gRPC status, for error bodies without a usable `error.status`.
+# Each row is the HTTP mapping given for that code in google/rpc/code.proto; where several
+# codes share an HTTP status, the row holds the one code.proto lists as its general case.
+STATUS_BY_HTTP: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,  # also FAILED_PRECONDITION, OUT_OF_RANGE
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,  # also ALREADY_EXISTS
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    500: grpc.StatusCode.INTERNAL,  # also UNKNOWN, DATA_LOSS
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# Gateway-side statuses of a bad gateway hop: a proxy's 502, or any 5xx we cannot read.
+_UNREADABLE_5XX = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class UpstreamError(Exception):
+    """An error to end the gRPC call with: code, message and google.rpc details."""
+
+    code: grpc.StatusCode
+    message: str
+    details: tuple[any_pb2.Any, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def to_status_proto(self) -> status_pb2.Status:
+        return status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=list(self.details)
+        )
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        """grpc-status-details-bin, which grpcio-status and Google's clients decode."""
+        if not self.details:
+            return ()
+        return (("grpc-status-details-bin", self.to_status_proto().SerializeToString()),)
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(self.code, self.message, self.trailing_metadata())
+
+
+def code_for_http_status(http_status: int) -> grpc.StatusCode:
+    if http_status in STATUS_BY_HTTP:
+        return STATUS_BY_HTTP[http_status]
+    if 500 <= http_status < 600:
+        return _UNREADABLE_5XX
+    if 400 <= http_status < 500:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.UNKNOWN
+
+
+def details_to_any(details: list[object]) -> tuple[any_pb2.Any, ...]:
+    """Convert REST `details` (JSON with "@type") to packed google.protobuf.Any values.
+
+    Types this process does not know are dropped (logged at debug level): without the
+    message type there is no binary form to pack.
+    """
+    db = symbol_database.Default()
+    packed = []
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        type_url = detail.get("@type", "")
+        type_name = type_url.rpartition("/")[2]
+        try:
+            message_class = db.GetSymbol(type_name)
+        except KeyError:
+            log.debug("dropping error detail of unknown type %s", type_url)
+            continue
+        fields = {k: v for k, v in detail.items() if k != "@type"}
+        message = message_class()
+        try:
+            json_format.ParseDict(fields, message, ignore_unknown_fields=True)
+        except json_format.ParseError:
+            log.debug("dropping unparsable error detail of type %s", type_url)
+            continue
+        any_detail = any_pb2.Any()
+        any_detail.Pack(message)
+        packed.append(any_detail)
+    return tuple(packed)
+
+
+def from_error_object(error: object, http_status: int) -> UpstreamError | None:
+    """Build an UpstreamError from the value of a REST `{"error": ...}` body, if well-formed."""
+    if not isinstance(error, dict):
+        return None
+    status_name = error.get("status")
+    code = STATUS_BY_NAME.get(status_name) if isinstance(status_name, str) else None
+    if code is None or code is grpc.StatusCode.OK:
+        numeric = error.get("code")
+        code = code_for_http_status(numeric if isinstance(numeric, int) else http_status)
+    message = error.get("message")
+    if not isinstance(message, str) or not message:
+        message = f"upstream returned HTTP {http_status}"
+    details = error.get("details")
+    if not isinstance(details, list):
+        details = []
+    return UpstreamError(code, message, details_to_any(details))
+
+
+def from_http_response(http_status: int, content_type: str, body: bytes) -> UpstreamError:
+    """Map a non-2xx REST response to an UpstreamError."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    # Some proxies answer with a JSON array holding the error object.
+    if isinstance(parsed, list) and len(parsed) == 1:
+        parsed = parsed[0]
+    if isinstance(parsed, dict):
+        mapped = from_error_object(parsed.get("error"), http_status)
+        if mapped is not None:
+            return mapped
+    snippet = body[:200].decode("utf-8", "replace").strip()
+    code = code_for_http_status(http_status)
+    if 500 <= http_status < 600 and code is grpc.StatusCode.INTERNAL:
+        code = _UNREADABLE_5XX
+    kind = content_type or "no content type"
+    return UpstreamError(
+        code,
+        f"upstream returned HTTP {http_status} with a body that is not a Google error "
+        f"({kind}): {snippet!r}",
+    )
+
+
+def invalid_argument(message: str, field: str | None = None) -> UpstreamError:
+    """An INVALID_ARGUMENT raised by the gateway itself, with a BadRequest naming the field."""
+    details: tuple[any_pb2.Any, ...] = ()
+    if field is not None:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details = (packed,)
+    return UpstreamError(grpc.StatusCode.INVALID_ARGUMENT, message, details)
+
+
+assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -1,0 +1,128 @@
+"""Generic servicer: every route of the table becomes a gRPC handler that forwards upstream.
+
+Unary calls send one JSON request and parse one JSON answer. Server-streaming calls read
+`?alt=sse` and write each event to the gRPC client as soon as it is parsed, so chunk N
+reaches the caller before the upstream has produced chunk N+1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from server import errors
+from server.routes import Route, RouteTable
+from server.sse import SseReader
+from server.upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+def parse_response(route: Route, payload: str | bytes, http_status: int = 200) -> Message:
+    """JSON -> response message, ignoring fields this gateway's protos do not know."""
+    try:
+        parsed = json.loads(payload)
+    except ValueError as exc:
+        raise _unparsable(route, http_status, payload) from exc
+    if isinstance(parsed, dict) and "error" in parsed:
+        mapped = errors.from_error_object(parsed["error"], http_status)
+        if mapped is not None:
+            raise mapped
+    if not isinstance(parsed, dict):
+        raise _unparsable(route, http_status, payload)
+    message = route.response_class()
+    try:
+        json_format.ParseDict(parsed, message, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise errors.UpstreamError(
+            grpc.StatusCode.INTERNAL,
+            f"upstream HTTP {http_status} answer does not fit "
+            f"{route.response_class.DESCRIPTOR.full_name}: {exc}",
+        ) from exc
+    return message
+
+
+def _unparsable(route: Route, http_status: int, payload: str | bytes) -> errors.UpstreamError:
+    text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+    return errors.UpstreamError(
+        grpc.StatusCode.INTERNAL,
+        f"upstream HTTP {http_status} answer for {route.method.name} is not valid JSON: "
+        f"{text[:200]!r}",
+    )
+
+
+class Forwarder:
+    """Turns the route table into gRPC handlers bound to one UpstreamClient."""
+
+    def __init__(self, routes: RouteTable, upstream: UpstreamClient) -> None:
+        self.routes = routes
+        self.upstream = upstream
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = defaultdict(dict)
+        for route in self.routes:
+            service = route.method.containing_service.full_name
+            by_service[service][route.method.name] = self._handler(route)
+        return [
+            grpc.method_handlers_generic_handler(service, handlers)
+            for service, handlers in by_service.items()
+        ]
+
+    def _handler(self, route: Route) -> grpc.RpcMethodHandler:
+        # partial keeps forward_stream recognisable as an async generator function to grpc.aio.
+        deserialize: Callable[[bytes], Message] = route.request_class.FromString
+        serialize = route.response_class.SerializeToString
+        if route.server_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                partial(self.forward_stream, route),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            partial(self.forward_unary, route),
+            request_deserializer=deserialize,
+            response_serializer=serialize,
+        )
+
+    async def forward_unary(
+        self, route: Route, request: Message, context: grpc.aio.ServicerContext
+    ) -> Message:
+        try:
+            call = route.to_http(request)
+            body = await self.upstream.call(
+                call, context.invocation_metadata() or (), context.time_remaining()
+            )
+            return parse_response(route, body)
+        except errors.UpstreamError as exc:
+            await exc.abort(context)
+        except ValueError as exc:
+            await errors.invalid_argument(str(exc)).abort(context)
+        raise AssertionError("unreachable: abort raises")
+
+    async def forward_stream(
+        self, route: Route, request: Message, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Message]:
+        try:
+            call = route.to_http(request)
+        except ValueError as exc:
+            await errors.invalid_argument(str(exc)).abort(context)
+            return
+        try:
+            async with self.upstream.stream(
+                call, context.invocation_metadata() or (), context.time_remaining()
+            ) as chunks:
+                reader = SseReader()
+                async for chunk in chunks:
+                    for payload in reader.feed(chunk):
+                        yield parse_response(route, payload)
+                for payload in reader.close():
+                    yield parse_response(route, payload)
+        except errors.UpstreamError as exc:
+            await exc.abort(context)
