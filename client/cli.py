@@ -1,0 +1,182 @@
+"""The `gemini-gateway` command: run the gateway or the emulator, and call a gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+
+from client.gateway_client import (
+    DEFAULT_MODEL,
+    DEFAULT_TARGET,
+    GatewayClient,
+    response_text,
+    text_request,
+)
+
+app = typer.Typer(
+    help="Gemini gRPC gateway: serve Google's Gemini API over gRPC.", no_args_is_help=True
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _run(coro: object) -> None:
+    try:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    except grpc.aio.AioRpcError as exc:
+        err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    upstream: Annotated[
+        str | None, typer.Option(help="Base URL of a Gemini REST API (or emulator).")
+    ] = None,
+    emulator: Annotated[
+        bool, typer.Option("--emulator", help="Embedded emulator on a loopback port.")
+    ] = False,
+    vertex: Annotated[
+        bool, typer.Option("--vertex", help="Vertex AI with Google credentials.")
+    ] = False,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="GEMINI_API_KEY", help="Upstream API key.")
+    ] = None,
+    pass_through_api_key: Annotated[
+        bool | None, typer.Option(help="Forward callers' x-goog-api-key.")
+    ] = None,
+    http_client: Annotated[str | None, typer.Option(help="aiohttp or httpx.")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain (enables TLS).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key.")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="CA bundle: require client certs.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
+) -> None:
+    """Start the gateway (default: embedded emulator upstream, no key needed)."""
+    from server.app import serve as serve_gateway
+    from server.config import Settings
+
+    overrides: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "api_key": api_key,
+        "pass_through_api_key": pass_through_api_key,
+        "http_client": http_client,
+        "tls_cert_file": tls_cert,
+        "tls_key_file": tls_key,
+        "tls_client_ca_file": tls_client_ca,
+        "log_level": log_level,
+    }
+    if sum([upstream is not None, emulator, vertex]) > 1:
+        raise typer.BadParameter("choose one of --upstream, --emulator, --vertex")
+    if emulator:
+        overrides.update(upstream="emulator", upstream_url=None)
+    elif vertex:
+        overrides["upstream"] = "vertex"
+    elif upstream is not None:
+        overrides.update(upstream="gemini", upstream_url=upstream)
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve_gateway(settings))
+
+
+@app.command("emulator")
+def run_emulator(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8081,
+    chunk_count: Annotated[int | None, typer.Option(help="Chunks per streamed answer.")] = None,
+    chunk_delay_ms: Annotated[float | None, typer.Option(help="Pause between chunks.")] = None,
+    fault: Annotated[str | None, typer.Option(help="Fault for every request, e.g. 429.")] = None,
+) -> None:
+    """Run the Gemini REST emulator on its own."""
+    from emulator.runner import run_emulator as run
+
+    from emulator.settings import EmulatorSettings
+
+    overrides = {"chunk_count": chunk_count, "chunk_delay_ms": chunk_delay_ms, "fault": fault}
+    run(host, port, EmulatorSettings(**{k: v for k, v in overrides.items() if v is not None}))
+
+
+def _labels(values: list[str] | None) -> dict[str, str]:
+    labels = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"label {item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+TargetOpt = Annotated[str, typer.Option(envvar="GEMINI_GATEWAY_TARGET", help="Gateway host:port.")]
+ModelOpt = Annotated[str, typer.Option(help="Model name.")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="key=value, repeatable.")]
+KeyOpt = Annotated[
+    str | None, typer.Option(envvar="GEMINI_API_KEY", help="Sent as x-goog-api-key.")
+]
+
+
+@app.command()
+def generate(
+    prompt: str,
+    target: TargetOpt = DEFAULT_TARGET,
+    model: ModelOpt = DEFAULT_MODEL,
+    label: LabelOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Call GenerateContent on a running gateway and print the answer."""
+
+    async def main() -> None:
+        async with GatewayClient(target, api_key=api_key) as client:
+            response = await client.generate(text_request(model, prompt, _labels(label)))
+            console.print(response_text(response))
+            usage = response.usage_metadata
+            err_console.print(
+                f"[dim]{response.model_version}: {usage.prompt_token_count} prompt + "
+                f"{usage.candidates_token_count} output tokens[/dim]"
+            )
+
+    _run(main())
+
+
+@app.command()
+def stream(
+    prompt: str,
+    target: TargetOpt = DEFAULT_TARGET,
+    model: ModelOpt = DEFAULT_MODEL,
+    label: LabelOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Call StreamGenerateContent and print each chunk as it arrives."""
+
+    async def main() -> None:
+        start = time.perf_counter()
+        async with GatewayClient(target, api_key=api_key) as client:
+            count = 0
+            async for chunk in client.stream(text_request(model, prompt, _labels(label))):
+                count += 1
+                sys.stdout.write(response_text(chunk))
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            elapsed = (time.perf_counter() - start) * 1000
+            err_console.print(f"[dim]{count} chunks in {elapsed:.0f} ms[/dim]")
+
+    _run(main())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,117 @@
+"""A small async Python client for the gateway, built on the generated stubs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from generated.google.ai.generativelanguage.v1beta import (
+    content_pb2,
+    generative_service_pb2,
+    generative_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MODEL = "models/gemini-2.5-flash"
+
+
+def model_name(model: str) -> str:
+    """Accept "gemini-2.5-flash" as well as "models/gemini-2.5-flash" or "tunedModels/x"."""
+    return model if "/" in model else f"models/{model}"
+
+
+def text_request(
+    model: str,
+    prompt: str,
+    labels: Mapping[str, str] | None = None,
+    system_instruction: str | None = None,
+    generation_config: generative_service_pb2.GenerationConfig | None = None,
+) -> generative_service_pb2.GenerateContentRequest:
+    request = generative_service_pb2.GenerateContentRequest(
+        model=model_name(model),
+        contents=[content_pb2.Content(role="user", parts=[content_pb2.Part(text=prompt)])],
+        labels=dict(labels or {}),
+    )
+    if system_instruction:
+        request.system_instruction.parts.add(text=system_instruction)
+    if generation_config is not None:
+        request.generation_config.CopyFrom(generation_config)
+    return request
+
+
+def response_text(response: generative_service_pb2.GenerateContentResponse) -> str:
+    """The text parts of the first candidate, joined."""
+    if not response.candidates:
+        return ""
+    return "".join(part.text for part in response.candidates[0].content.parts)
+
+
+class GatewayClient:
+    """Async client: one channel, stubs for the generative and model services."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        secure: bool = False,
+    ) -> None:
+        if secure or root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.aio.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.aio.insecure_channel(target)
+        self._metadata = (("x-goog-api-key", api_key),) if api_key else ()
+        self.generative = generative_service_pb2_grpc.GenerativeServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    async def generate(
+        self, request: generative_service_pb2.GenerateContentRequest, timeout: float | None = None
+    ) -> generative_service_pb2.GenerateContentResponse:
+        return await self.generative.GenerateContent(
+            request, metadata=self._metadata, timeout=timeout
+        )
+
+    async def stream(
+        self, request: generative_service_pb2.GenerateContentRequest, timeout: float | None = None
+    ) -> AsyncIterator[generative_service_pb2.GenerateContentResponse]:
+        call = self.generative.StreamGenerateContent(
+            request, metadata=self._metadata, timeout=timeout
+        )
+        async for chunk in call:
+            yield chunk
+
+    async def count_tokens(
+        self, model: str, prompt: str
+    ) -> generative_service_pb2.CountTokensResponse:
+        request = generative_service_pb2.CountTokensRequest(
+            model=model_name(model),
+            contents=[content_pb2.Content(role="user", parts=[content_pb2.Part(text=prompt)])],
+        )
+        return await self.generative.CountTokens(request, metadata=self._metadata)
+
+    async def list_models(self, page_size: int = 0) -> list:
+        models = []
+        page_token = ""
+        while True:
+            page = await self.models.ListModels(
+                model_service_pb2.ListModelsRequest(page_size=page_size, page_token=page_token),
+                metadata=self._metadata,
+            )
+            models.extend(page.models)
+            page_token = page.next_page_token
+            if not page_token:
+                return models
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
