@@ -2,12 +2,14 @@
 PY ?= .venv/bin/python
 BUF ?= node_modules/.bin/buf
 
-.PHONY: setup generate check-generated lint format test bench serve
+.PHONY: venv setup generate check-generated lint format test bench serve
 
-setup:            ## virtualenv with the package and dev tools, plus buf from npm
+venv:             ## virtualenv with the package and its dev tools
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+
+setup: venv       ## plus buf, from the npm registry
 	npm install --no-audit --no-fund --silent
 
 generate:         ## regenerate generated/ from protos/
@@ -31,8 +33,8 @@ format:
 test: setup check-generated lint  ## everything CI checks
 	$(PY) -m pytest -q
 
-bench:            ## benchmark table: gateway vs direct REST (not part of `make test`)
+bench: venv      ## benchmark table: gateway vs direct REST (not part of `make test`)
 	$(PY) -m bench
 
-serve:
+serve: venv       ## the gateway on its embedded emulator, port 50051
 	.venv/bin/gemini-gateway serve --emulator

@@ -1,0 +1,71 @@
+"""Deadlines bound the upstream request; a cancelled call closes it at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from client.gateway_client import text_request
+from tests.integration.conftest import emulator_stats
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _wait_for_cancelled(http, emulator, before: int, within: float = 2.0) -> float:
+    """Seconds until the emulator saw one more cancelled (client-closed) request."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < within:
+        stats = await emulator_stats(http, emulator)
+        if stats["cancelled"] > before:
+            return time.perf_counter() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"upstream request still open after {within}s: {stats}")
+
+
+async def test_client_cancel_closes_upstream_stream(generative, emulator, http) -> None:
+    before = (await emulator_stats(http, emulator))["cancelled"]
+    call = generative.StreamGenerateContent(
+        text_request("gemini-2.5-flash", "long [[chunks:50]] [[chunk_delay_ms:200]]")
+    )
+    first = await call.read()
+    assert first.candidates
+    call.cancel()
+    assert await _wait_for_cancelled(http, emulator, before) < 1.0
+    assert (await emulator_stats(http, emulator))["open"] == 0
+
+
+async def test_deadline_bounds_unary_upstream_request(generative, emulator, http) -> None:
+    before = (await emulator_stats(http, emulator))["cancelled"]
+    request = text_request("gemini-2.5-flash", "[[fault:headers_delay:5000]]")
+    start = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await generative.GenerateContent(request, timeout=0.5)
+    elapsed = time.perf_counter() - start
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 1.5
+    # The upstream request was closed, not left running for its 5 s.
+    assert await _wait_for_cancelled(http, emulator, before) < 1.0
+
+
+async def test_deadline_bounds_stream(generative, emulator, http) -> None:
+    before = (await emulator_stats(http, emulator))["cancelled"]
+    call = generative.StreamGenerateContent(
+        text_request("gemini-2.5-flash", "[[chunks:20]] [[chunk_delay_ms:100]]"), timeout=0.6
+    )
+    received = 0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            received += 1
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 2 <= received < 20
+    await _wait_for_cancelled(http, emulator, before)
+
+
+async def test_deadline_reaches_upstream_as_timeout(generative, emulator, http) -> None:
+    # A deadline shorter than the upstream's delay ends the call; a longer one succeeds.
+    request = text_request("gemini-2.5-flash", "[[fault:headers_delay:300]]")
+    response = await generative.GenerateContent(request, timeout=3)
+    assert response.candidates
