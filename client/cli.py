@@ -105,7 +105,6 @@ def run_emulator(
 ) -> None:
     """Run the Gemini REST emulator on its own."""
     from emulator.runner import run_emulator as run
-
     from emulator.settings import EmulatorSettings
 
     overrides = {"chunk_count": chunk_count, "chunk_delay_ms": chunk_delay_ms, "fault": fault}

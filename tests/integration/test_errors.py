@@ -17,7 +17,7 @@ from server.config import Settings
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def _error(call) -> grpc.aio.AioRpcError:  # noqa: ANN001 - a pending gRPC call
+async def _error(call) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     return info.value

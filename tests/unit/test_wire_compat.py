@@ -36,7 +36,7 @@ EXTENSION_FLOOR = 1000
 def _messages() -> list:
     found = []
 
-    def walk(descriptor) -> None:  # noqa: ANN001
+    def walk(descriptor) -> None:
         if descriptor.GetOptions().map_entry:
             return
         found.append(descriptor)
@@ -49,7 +49,7 @@ def _messages() -> list:
     return found
 
 
-def _ours(descriptor) -> dict[int, dict]:  # noqa: ANN001
+def _ours(descriptor) -> dict[int, dict]:
     return {
         field.number: {
             "name": field.name,
