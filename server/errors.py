@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, json_format, symbol_database
@@ -46,13 +45,16 @@ STATUS_BY_HTTP: dict[int, grpc.StatusCode] = {
 _UNREADABLE_5XX = grpc.StatusCode.UNAVAILABLE
 
 
-@dataclass(frozen=True)
 class UpstreamError(Exception):
     """An error to end the gRPC call with: code, message and google.rpc details."""
 
-    code: grpc.StatusCode
-    message: str
-    details: tuple[any_pb2.Any, ...] = ()
+    def __init__(
+        self, code: grpc.StatusCode, message: str, details: tuple[any_pb2.Any, ...] = ()
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.details = details
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"

@@ -25,10 +25,19 @@ async def emulator() -> AsyncIterator[EmulatorHandle]:
     await handle.close()
 
 
-@pytest.fixture(scope="session")
-async def gateway(emulator: EmulatorHandle) -> AsyncIterator[Gateway]:
+@pytest.fixture(scope="session", params=["aiohttp", "httpx"])
+async def gateway(
+    request: pytest.FixtureRequest, emulator: EmulatorHandle
+) -> AsyncIterator[Gateway]:
+    """The gateway, once per upstream HTTP client: both must behave the same."""
     gw = await start_gateway(
-        Settings(upstream="emulator", upstream_url=emulator.url, port=0, api_key="gateway-key")
+        Settings(
+            upstream="emulator",
+            upstream_url=emulator.url,
+            port=0,
+            api_key="gateway-key",
+            http_client=request.param,
+        )
     )
     yield gw
     await gw.stop(0)
