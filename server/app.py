@@ -131,8 +131,16 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"Gemini gRPC gateway listening on {gateway.target} (upstream: {settings.upstream})")
-    print(f"  try: gemini-gateway generate 'Hello' --target {gateway.target}")
+    upstream_url = getattr(gateway.upstream.flavour, "base_url", "")
+    print(
+        f"Gemini gRPC gateway listening on {gateway.target} "
+        f"(upstream: {settings.upstream} {upstream_url})\n"
+        f"  try:  gemini-gateway generate 'Hello' --target {gateway.target}\n"
+        f"        gemini-gateway stream 'Tell me a story' --target {gateway.target}\n"
+        f"        npx buf curl --protocol grpc --http2-prior-knowledge "
+        f"http://{gateway.target}/google.ai.generativelanguage.v1beta.ModelService/ListModels",
+        flush=True,
+    )
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
