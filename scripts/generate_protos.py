@@ -82,10 +82,18 @@ def rewrite_and_mark() -> None:
             init.write_text(HEADER)
 
 
+def copy_service_configs() -> None:
+    """Service config YAML files travel with the stubs: the server reads their http rules."""
+    for source in PROTOS.rglob("*.yaml"):
+        target = OUT / source.relative_to(PROTOS)
+        target.write_text(HEADER + source.read_text())
+
+
 def main() -> None:
     link_third_party()
     run_protoc()
     rewrite_and_mark()
+    copy_service_configs()
     print(f"generated {sum(1 for _ in OUT.rglob('*_pb2*.py*'))} files in {OUT.relative_to(ROOT)}/")
 
 

@@ -6,19 +6,25 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+from google.longrunning import operations_proto_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import generated.google.ai.generativelanguage.v1beta as v1beta
+from generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
 from generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
     model_service_pb2,
 )
 from server.config import Settings
 from server.forwarder import Forwarder
-from server.routes import RouteTable
+from server.operations import WAIT_OPERATION, LocalOperations
+from server.routes import RouteTable, load_service_config_rules
 from server.upstream import UpstreamClient, make_flavour, make_transport
+from server.validation import VALIDATORS
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +32,20 @@ log = logging.getLogger(__name__)
 FORWARDED_SERVICES = (
     generative_service_pb2.DESCRIPTOR.services_by_name["GenerativeService"],
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+    operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
 )
+# The gateway's own services, served without an upstream counterpart.
+LOCAL_SERVICES = (watch_pb2.DESCRIPTOR.services_by_name["OperationWatchService"],)
+# http rules for methods whose .proto has none for v1beta (google.longrunning.Operations).
+SERVICE_CONFIG = Path(next(iter(v1beta.__path__))) / "generativelanguage_v1beta.yaml"
 
 
 def build_route_table() -> RouteTable:
-    return RouteTable.from_services(FORWARDED_SERVICES)
+    return RouteTable.from_services(
+        FORWARDED_SERVICES,
+        config_rules=load_service_config_rules(SERVICE_CONFIG),
+        served_locally=[WAIT_OPERATION],
+    )
 
 
 @dataclass
@@ -96,11 +111,13 @@ async def start_gateway(settings: Settings | None = None) -> Gateway:
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers(Forwarder(routes, upstream).generic_handlers())
+    forwarder = Forwarder(routes, upstream, VALIDATORS)
+    server.add_generic_rpc_handlers(forwarder.generic_handlers())
+    server.add_generic_rpc_handlers(LocalOperations(forwarder).generic_handlers())
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = [service.full_name for service in FORWARDED_SERVICES]
+    service_names = [service.full_name for service in (*FORWARDED_SERVICES, *LOCAL_SERVICES)]
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )

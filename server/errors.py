@@ -160,17 +160,23 @@ def from_http_response(http_status: int, content_type: str, body: bytes) -> Upst
 
 def invalid_argument(message: str, field: str | None = None) -> UpstreamError:
     """An INVALID_ARGUMENT raised by the gateway itself, with a BadRequest naming the field."""
-    details: tuple[any_pb2.Any, ...] = ()
-    if field is not None:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        details = (packed,)
-    return UpstreamError(grpc.StatusCode.INVALID_ARGUMENT, message, details)
+    if field is None:
+        return UpstreamError(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return bad_request([(field, message)])
+
+
+def bad_request(violations: list[tuple[str, str]]) -> UpstreamError:
+    """INVALID_ARGUMENT listing every (field path, description) in a google.rpc.BadRequest."""
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in violations
+        ]
+    )
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    message = "; ".join(f"{field}: {description}" for field, description in violations)
+    return UpstreamError(grpc.StatusCode.INVALID_ARGUMENT, message, (packed,))
 
 
 assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

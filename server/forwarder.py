@@ -2,7 +2,8 @@
 
 Unary calls send one JSON request and parse one JSON answer. Server-streaming calls read
 `?alt=sse` and write each event to the gRPC client as soon as it is parsed, so chunk N
-reaches the caller before the upstream has produced chunk N+1.
+reaches the caller before the upstream has produced chunk N+1. Requests of methods with a
+validator are checked first; a bad one never reaches the upstream.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 
 import grpc
@@ -23,6 +24,9 @@ from server.sse import SseReader
 from server.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
+
+# A validator returns (field path, description) for each problem; empty means valid.
+Validator = Callable[[Message], list[tuple[str, str]]]
 
 
 def parse_response(route: Route, payload: str | bytes, http_status: int = 200) -> Message:
@@ -61,9 +65,15 @@ def _unparsable(route: Route, http_status: int, payload: str | bytes) -> errors.
 class Forwarder:
     """Turns the route table into gRPC handlers bound to one UpstreamClient."""
 
-    def __init__(self, routes: RouteTable, upstream: UpstreamClient) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        upstream: UpstreamClient,
+        validators: Mapping[str, Validator] | None = None,
+    ) -> None:
         self.routes = routes
         self.upstream = upstream
+        self._validators = dict(validators or {})
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = defaultdict(dict)
@@ -91,15 +101,29 @@ class Forwarder:
             response_serializer=serialize,
         )
 
+    def _check(self, route: Route, request: Message) -> None:
+        validator = self._validators.get(route.method.full_name)
+        if validator is not None:
+            violations = validator(request)
+            if violations:
+                raise errors.bad_request(violations)
+
+    async def call(
+        self, route: Route, request: Message, context: grpc.aio.ServicerContext
+    ) -> Message:
+        """Forward one unary call; raises UpstreamError (ValueError for unroutable requests)."""
+        self._check(route, request)
+        call = route.to_http(request)
+        body = await self.upstream.call(
+            call, context.invocation_metadata() or (), context.time_remaining()
+        )
+        return parse_response(route, body)
+
     async def forward_unary(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
         try:
-            call = route.to_http(request)
-            body = await self.upstream.call(
-                call, context.invocation_metadata() or (), context.time_remaining()
-            )
-            return parse_response(route, body)
+            return await self.call(route, request, context)
         except errors.UpstreamError as exc:
             await exc.abort(context)
         except ValueError as exc:
@@ -110,11 +134,8 @@ class Forwarder:
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Message]:
         try:
+            self._check(route, request)
             call = route.to_http(request)
-        except ValueError as exc:
-            await errors.invalid_argument(str(exc)).abort(context)
-            return
-        try:
             async with self.upstream.stream(
                 call, context.invocation_metadata() or (), context.time_remaining()
             ) as chunks:
@@ -126,3 +147,5 @@ class Forwarder:
                     yield parse_response(route, payload)
         except errors.UpstreamError as exc:
             await exc.abort(context)
+        except ValueError as exc:
+            await errors.invalid_argument(str(exc)).abort(context)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from google.api import annotations_pb2, http_pb2
+import yaml
+from google.api import annotations_pb2, http_pb2, service_pb2
 from google.api_core import path_template
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
@@ -87,12 +89,30 @@ class RouteTable:
             self._routes[route.full_method] = route
 
     @classmethod
-    def from_services(cls, services: Iterable[Any]) -> RouteTable:
-        """Build and validate the table from ServiceDescriptors."""
+    def from_services(
+        cls,
+        services: Iterable[Any],
+        config_rules: dict[str, http_pb2.HttpRule] | None = None,
+        served_locally: Iterable[str] = (),
+    ) -> RouteTable:
+        """Build and validate the table from ServiceDescriptors.
+
+        `config_rules` (by selector, from a service config) take precedence over the
+        .proto annotations, as in Google's API configuration; every rule must name a method.
+        Methods in `served_locally` (selectors) are implemented by the gateway itself.
+        """
+        config_rules = dict(config_rules or {})
+        local = set(served_locally)
         routes = []
         for service in services:
             for method in service.methods:
-                routes.append(route_for_method(method))
+                if method.full_name in local:
+                    continue
+                routes.append(route_for_method(method, config_rules.pop(method.full_name, None)))
+        if config_rules:
+            raise RouteTableError(
+                f"http rules name no forwarded method: {', '.join(sorted(config_rules))}"
+            )
         return cls(routes)
 
     def __getitem__(self, full_method: str) -> Route:
@@ -105,12 +125,31 @@ class RouteTable:
         return len(self._routes)
 
 
-def route_for_method(method: MethodDescriptor) -> Route:
+def load_service_config_rules(path: Path) -> dict[str, http_pb2.HttpRule]:
+    """The http rules of a google.api.Service YAML file, by selector."""
+    data = yaml.safe_load(path.read_text())
+    data.pop("type", None)  # names the message type of the file, not a field of it
+    service = service_pb2.Service()
+    try:
+        json_format.ParseDict(data, service)
+    except json_format.ParseError as exc:
+        raise RouteTableError(f"{path}: not a valid google.api.Service: {exc}") from exc
+    rules: dict[str, http_pb2.HttpRule] = {}
+    for rule in service.http.rules:
+        if rule.selector in rules:
+            raise RouteTableError(f"{path}: two http rules for {rule.selector}")
+        rules[rule.selector] = rule
+    return rules
+
+
+def route_for_method(method: MethodDescriptor, rule: http_pb2.HttpRule | None = None) -> Route:
+    """The route of one method: its service-config rule if given, else its annotation."""
     name = f"/{method.containing_service.full_name}/{method.name}"
-    options = method.GetOptions()
-    if not options.HasExtension(annotations_pb2.http):
-        raise RouteTableError(f"{name}: no google.api.http rule")
-    rule = options.Extensions[annotations_pb2.http]
+    if rule is None:
+        options = method.GetOptions()
+        if not options.HasExtension(annotations_pb2.http):
+            raise RouteTableError(f"{name}: no google.api.http rule")
+        rule = options.Extensions[annotations_pb2.http]
     bindings = [_binding(name, method.input_type, rule)]
     for extra in rule.additional_bindings:
         if extra.additional_bindings:

@@ -2,6 +2,7 @@
 
 import pytest
 from google.api import annotations_pb2, http_pb2
+from google.longrunning import operations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, field_mask_pb2
 
 from generated.google.ai.generativelanguage.v1beta import (
@@ -10,8 +11,9 @@ from generated.google.ai.generativelanguage.v1beta import (
     model_service_pb2,
     tuned_model_pb2,
 )
-from server.app import build_route_table
-from server.routes import RouteTable, RouteTableError
+from server.app import FORWARDED_SERVICES, SERVICE_CONFIG, build_route_table
+from server.operations import WAIT_OPERATION
+from server.routes import RouteTable, RouteTableError, load_service_config_rules
 
 GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
 STREAM = "/google.ai.generativelanguage.v1beta.GenerativeService/StreamGenerateContent"
@@ -36,6 +38,7 @@ def test_every_forwarded_method_has_a_route(table: RouteTable) -> None:
         "GenerateContent", "StreamGenerateContent", "CountTokens", "EmbedContent",
         "BatchEmbedContents", "GetModel", "ListModels", "GetTunedModel", "ListTunedModels",
         "CreateTunedModel", "UpdateTunedModel", "DeleteTunedModel",
+        "GetOperation", "ListOperations", "CancelOperation", "DeleteOperation",
     }  # fmt: skip
     assert table[STREAM].server_streaming
 
@@ -160,3 +163,47 @@ def test_duplicate_binding_across_methods_stops_start_up(table: RouteTable) -> N
     first = _pool_with_rule(http_pb2.HttpRule(get="/v1beta/models"), {"name": STRING})
     with pytest.raises(RouteTableError, match="already bound to"):
         RouteTable([*table, *RouteTable.from_services([first])])
+
+
+def test_operations_bind_through_the_service_config(table: RouteTable) -> None:
+    get = table["/google.longrunning.Operations/GetOperation"]
+    request = operations_pb2.GetOperationRequest(name="tunedModels/inc/operations/op1")
+    assert get.to_http(request).path == "/v1beta/tunedModels/inc/operations/op1"
+    assert get.to_http(operations_pb2.GetOperationRequest(name="batches/b1")).path == (
+        "/v1beta/batches/b1"
+    )
+    listing = table["/google.longrunning.Operations/ListOperations"].to_http(
+        operations_pb2.ListOperationsRequest(name="tunedModels/inc", page_size=5)
+    )
+    assert (listing.path, listing.query) == (
+        "/v1beta/tunedModels/inc/operations",
+        [("pageSize", "5")],
+    )
+
+
+def test_service_config_rule_for_unknown_method_stops_start_up(tmp_path) -> None:
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        "type: google.api.Service\nhttp:\n  rules:\n"
+        "    - selector: google.longrunning.Operations.Nope\n      get: /v1beta/x\n"
+    )
+    rules = load_service_config_rules(config)
+    with pytest.raises(RouteTableError, match=r"name no forwarded method: .*Operations\.Nope"):
+        RouteTable.from_services(
+            FORWARDED_SERVICES[2:], config_rules=rules, served_locally=[WAIT_OPERATION]
+        )
+
+
+def test_service_config_must_be_a_valid_service(tmp_path) -> None:
+    config = tmp_path / "service.yaml"
+    config.write_text("http:\n  rulez: []\n")
+    with pytest.raises(RouteTableError, match=r"not a valid google\.api\.Service"):
+        load_service_config_rules(config)
+
+
+def test_method_without_rule_and_not_served_locally_stops_start_up() -> None:
+    # WaitOperation has no http rule: only the gateway's own implementation may serve it.
+    with pytest.raises(RouteTableError, match=r"WaitOperation: no google\.api\.http rule"):
+        RouteTable.from_services(
+            FORWARDED_SERVICES[2:], config_rules=load_service_config_rules(SERVICE_CONFIG)
+        )

@@ -1,0 +1,127 @@
+"""Operation methods the gateway serves itself, on top of the forwarded GetOperation.
+
+- google.longrunning.Operations.WaitOperation: the REST API has no wait, so the gateway
+  polls GetOperation with backoff until the operation is done, the request's timeout
+  passes (then it answers the latest state, as the method's contract allows) or the call's
+  deadline nears.
+- gemini.gateway.v1.OperationWatchService.WatchOperation: polls on the caller's behalf and
+  streams the operation every time it changes, ending after it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from google.longrunning import operations_pb2
+
+from generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
+from server import errors
+from server.forwarder import Forwarder
+
+GET_OPERATION = "/google.longrunning.Operations/GetOperation"
+WAIT_OPERATION = "google.longrunning.Operations.WaitOperation"
+
+# WaitOperation polling policy: first re-read after INITIAL_DELAY_S, each later one
+# MULTIPLIER times longer, never more than MAX_DELAY_S apart. An answer is sent
+# DEADLINE_MARGIN_S before the call's deadline so that it still reaches the caller.
+INITIAL_DELAY_S = 0.2
+MULTIPLIER = 1.5
+MAX_DELAY_S = 5.0
+DEADLINE_MARGIN_S = 0.05
+
+# WatchOperation reads the operation every poll_interval: this by default, never faster
+# than MIN_POLL_INTERVAL_S.
+DEFAULT_POLL_INTERVAL_S = 1.0
+MIN_POLL_INTERVAL_S = 0.1
+
+
+class LocalOperations:
+    """WaitOperation and WatchOperation, reading operations through the forwarder."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self._forwarder = forwarder
+        self._get_route = forwarder.routes[GET_OPERATION]
+
+    async def _get(self, name: str, context: grpc.aio.ServicerContext) -> operations_pb2.Operation:
+        if not name:
+            raise errors.invalid_argument("the operation name is required", field="name")
+        request = operations_pb2.GetOperationRequest(name=name)
+        return await self._forwarder.call(self._get_route, request, context)
+
+    async def wait_operation(
+        self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
+        wait_until = None
+        if request.HasField("timeout"):
+            wait_until = time.monotonic() + request.timeout.ToTimedelta().total_seconds()
+        delay = INITIAL_DELAY_S
+        try:
+            while True:
+                operation = await self._get(request.name, context)
+                if operation.done:
+                    return operation
+                left = _seconds_left(wait_until, context)
+                if left <= 0:
+                    return operation
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * MULTIPLIER, MAX_DELAY_S)
+        except errors.UpstreamError as exc:
+            await exc.abort(context)
+        except ValueError as exc:
+            await errors.invalid_argument(str(exc), field="name").abort(context)
+        raise AssertionError("unreachable: abort raises")
+
+    async def watch_operation(
+        self, request: watch_pb2.WatchOperationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[watch_pb2.WatchOperationResponse]:
+        interval = DEFAULT_POLL_INTERVAL_S
+        if request.HasField("poll_interval"):
+            interval = max(request.poll_interval.ToTimedelta().total_seconds(), MIN_POLL_INTERVAL_S)
+        last_seen = b""
+        try:
+            while True:
+                operation = await self._get(request.name, context)
+                state = operation.SerializeToString(deterministic=True)
+                if state != last_seen:
+                    last_seen = state
+                    yield watch_pb2.WatchOperationResponse(operation=operation)
+                if operation.done:
+                    return
+                await asyncio.sleep(interval)
+        except errors.UpstreamError as exc:
+            await exc.abort(context)
+        except ValueError as exc:
+            await errors.invalid_argument(str(exc), field="name").abort(context)
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        wait = grpc.unary_unary_rpc_method_handler(
+            self.wait_operation,
+            request_deserializer=operations_pb2.WaitOperationRequest.FromString,
+            response_serializer=operations_pb2.Operation.SerializeToString,
+        )
+        watch = grpc.unary_stream_rpc_method_handler(
+            self.watch_operation,
+            request_deserializer=watch_pb2.WatchOperationRequest.FromString,
+            response_serializer=watch_pb2.WatchOperationResponse.SerializeToString,
+        )
+        return [
+            grpc.method_handlers_generic_handler(
+                "google.longrunning.Operations", {"WaitOperation": wait}
+            ),
+            grpc.method_handlers_generic_handler(
+                watch_pb2.DESCRIPTOR.services_by_name["OperationWatchService"].full_name,
+                {"WatchOperation": watch},
+            ),
+        ]
+
+
+def _seconds_left(wait_until: float | None, context: grpc.aio.ServicerContext) -> float:
+    """Time left to wait: the request's timeout or the call's deadline, whichever is first."""
+    left = float("inf") if wait_until is None else wait_until - time.monotonic()
+    remaining = context.time_remaining()
+    if remaining is not None:
+        left = min(left, remaining - DEADLINE_MARGIN_S)
+    return left
