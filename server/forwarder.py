@@ -35,7 +35,13 @@ def parse_response(route: Route, payload: str | bytes, http_status: int = 200) -
         parsed = json.loads(payload)
     except ValueError as exc:
         raise _unparsable(route, http_status, payload) from exc
-    if isinstance(parsed, dict) and "error" in parsed:
+    # `{"error": ...}` in a 2xx body is an error (mid-stream, or a proxy's), unless the
+    # response type has an `error` field of its own (google.longrunning.Operation does).
+    if (
+        isinstance(parsed, dict)
+        and "error" in parsed
+        and "error" not in route.response_class.DESCRIPTOR.fields_by_name
+    ):
         mapped = errors.from_error_object(parsed["error"], http_status)
         if mapped is not None:
             raise mapped

@@ -2,7 +2,7 @@
 
 Executed in a subprocess by test_official_client.py: the official package defines the
 same message names as generated/, so the two cannot share one process.
-Usage: python official_client_script.py HOST:PORT  -> prints a JSON report.
+Usage: python official_client_script.py HOST:PORT [generate|tune] -> prints a JSON report.
 """
 
 import json
@@ -57,5 +57,37 @@ def main(target: str) -> dict:
     return report
 
 
+def tune(target: str) -> dict:
+    """create_tuned_model(...).result(): polls google.longrunning.Operations on the gateway."""
+    channel = grpc.insecure_channel(target)
+    models = glm.ModelServiceClient(transport=ModelServiceGrpcTransport(channel=channel))
+    examples = [glm.TuningExample(text_input=str(n), output=str(n + 1)) for n in range(1, 8)] + [
+        glm.TuningExample(text_input="seven", output="eight")
+    ]
+    tuned_model = glm.TunedModel(
+        display_name="Official Increment",
+        base_model="models/gemini-1.5-flash-001-tuning",
+        tuning_task=glm.TuningTask(
+            hyperparameters=glm.Hyperparameters(epoch_count=2, batch_size=4),
+            training_data=glm.Dataset(examples=glm.TuningExamples(examples=examples)),
+        ),
+    )
+    operation = models.create_tuned_model(tuned_model=tuned_model)
+    result = operation.result(timeout=60)
+    metadata = operation.metadata
+    return {
+        "operation": operation.operation.name,
+        "name": result.name,
+        "state": result.state.name,
+        "snapshots": len(result.tuning_task.snapshots),
+        "metadata_type": type(metadata).__name__,
+        "metadata_total_steps": metadata.total_steps,
+        "metadata_snapshots": len(metadata.snapshots),
+        "last_loss": metadata.snapshots[-1].mean_loss if metadata.snapshots else None,
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    command = sys.argv[2] if len(sys.argv) > 2 else "generate"
+    report = tune(sys.argv[1]) if command == "tune" else main(sys.argv[1])
+    print(json.dumps(report))
