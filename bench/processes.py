@@ -1,0 +1,216 @@
+"""The processes under test: the emulator and the two gateways, started, probed and stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+MODEL = "gemini-2.5-flash"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ServiceError(RuntimeError):
+    """A process under test did not start, or died."""
+
+
+def free_port() -> int:
+    """A port the kernel just handed out; it stays free until a child binds it (tiny race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _clean_env(config_dir: Path) -> dict[str, str]:
+    # Settings from the caller's shell or a gateway.toml would make runs incomparable.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GEMINI_GATEWAY_", "GEMINI_EMULATOR_")) and key != "GEMINI_API_KEY"
+    }
+    env["GEMINI_GATEWAY_CONFIG"] = str(config_dir / "absent-gateway.toml")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise ServiceError(
+                f"{self.name} exited with code {code}; last output:\n{self.log_tail()}"
+            )
+
+
+class Services:
+    """Owns the child processes; leaving the `with` block always stops them."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="gateway-bench-")
+        self._dir = Path(self._tmp.name)
+        self._env = _clean_env(self._dir)
+        self.started: list[Service] = []
+
+    def _spawn(self, name: str, args: list[str], port: int) -> Service:
+        log_path = self._dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO_ROOT,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own session: a Ctrl-C reaches only the bench, which then stops the
+                # children itself, in order, instead of racing their own shutdown.
+                start_new_session=True,
+            )
+        service = Service(name, process, port, log_path)
+        self.started.append(service)
+        return service
+
+    def start_emulator(self, chunk_count: int = 3, chunk_delay_ms: float = 0) -> Service:
+        port = free_port()
+        args = ["-m", "emulator", "--port", str(port), "--chunk-count", str(chunk_count)]
+        args += ["--chunk-delay-ms", str(chunk_delay_ms)]
+        return self._spawn("emulator", args, port)
+
+    def start_gateway(self, http_client: str, upstream_url: str) -> Service:
+        port = free_port()
+        args = ["-m", "client.cli", "serve", "--upstream", upstream_url, "--host", HOST]
+        args += ["--port", str(port), "--http-client", http_client, "--log-level", "WARNING"]
+        return self._spawn(f"gateway-{http_client}", args, port)
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for service in self.started:
+            try:
+                service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        self.started.clear()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+
+def wait_emulator_ready(service: Service, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll until the emulator answers a generateContent call with 200."""
+    url = f"{service.url}/v1beta/models/{MODEL}:generateContent"
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "ready?"}]}]}).encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        service.check_alive()
+        request = urllib.request.Request(
+            url, data=body, headers={"content-type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            raise ServiceError(f"{service.name} answered HTTP {exc.code} to {url}") from exc
+        except OSError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{service.name} not ready after {timeout_s:.0f}s")
+        time.sleep(0.1)
+
+
+def wait_gateway_ready(service: Service, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll the gRPC health service until the gateway reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(service.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            service.check_alive()
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{service.name} not SERVING after {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise ServiceError(f"/proc/{pid}/status has no {field}")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size now (VmRSS)."""
+    return _status_kib(pid, "VmRSS") / 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Highest resident set size so far (VmHWM)."""
+    return _status_kib(pid, "VmHWM") / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of all the process's threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may contain spaces; the numeric fields follow its closing ')'.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
