@@ -8,6 +8,7 @@ from server import errors
 from server.config import Settings
 from server.upstream import GeminiFlavour, VertexFlavour, make_flavour
 
+
 async def test_gemini_flavour_prefers_callers_key_only_in_pass_through() -> None:
     caller = (("x-goog-api-key", "caller"), ("other", "x"))
     own = GeminiFlavour("https://example.test/", "gateway", pass_through=False)
