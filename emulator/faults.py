@@ -1,0 +1,133 @@
+"""Fault injection: the vocabulary, and the three ways to select a fault.
+
+A fault list is comma-separated, e.g. "headers_delay:500,503". It can come from the
+`x-emulator-fault` request header, from magic tokens in the prompt (`[[fault:429]]`,
+`[[chunks:5]]`, `[[chunk_delay_ms:100]]`) or from EmulatorSettings.fault. When several sources
+set the same thing, the header wins over the prompt, and the prompt over the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from emulator.errors import FAULT_HTTP_CODES
+
+FAULT_HEADER = "x-emulator-fault"
+
+# `[[fault:429]]`, `[[fault:headers_delay:2000]]`, `[[chunks:5]]`, `[[chunk_delay_ms:100]]`.
+# Leading blanks go with the token so "hi [[fault:500]] there" echoes as "hi there".
+MAGIC_TOKEN = re.compile(r"[ \t]*\[\[(fault|chunks|chunk_delay_ms):([^\[\]]*)\]\]")
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """What to do to one request. None/False means "not selected"."""
+
+    error_code: int | None = None
+    headers_delay_ms: float | None = None
+    disconnect: bool = False
+    malformed: bool = False
+    stream_error: str | None = None  # "data" (inside a data: event) or "raw" (no data: prefix)
+    stream_error_code: int = 500
+    html: bool = False
+    chunks: int | None = None
+    chunk_delay_ms: float | None = None
+    tuning_failed: bool = False
+
+    def then(self, fallback: FaultPlan) -> FaultPlan:
+        """This plan, with anything it leaves unset taken from `fallback`."""
+        merged = {}
+        for f in dataclasses.fields(self):
+            mine = getattr(self, f.name)
+            # Identity checks: an explicit 0 (e.g. chunk_delay_ms:0) is a choice, not "unset".
+            unset = mine is None or mine is False
+            merged[f.name] = getattr(fallback, f.name) if unset else mine
+        if self.stream_error is None and fallback.stream_error is not None:
+            merged["stream_error_code"] = fallback.stream_error_code
+        return FaultPlan(**merged)
+
+    @property
+    def is_empty(self) -> bool:
+        return self == NO_FAULT
+
+
+NO_FAULT = FaultPlan()
+
+
+class FaultSyntaxError(ValueError):
+    """A fault list that uses words outside the vocabulary."""
+
+
+def _number(kind: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FaultSyntaxError(f"{kind} needs a number, got {raw!r}") from None
+    if value < 0:
+        raise FaultSyntaxError(f"{kind} must not be negative, got {raw!r}")
+    return value
+
+
+def _error_code(raw: str) -> int:
+    if not raw.isdigit() or int(raw) not in FAULT_HTTP_CODES:
+        known = ", ".join(str(code) for code in sorted(FAULT_HTTP_CODES))
+        raise FaultSyntaxError(f"unknown error code {raw!r} (known: {known})")
+    return int(raw)
+
+
+def parse_fault(spec: str) -> FaultPlan:
+    """One fault word, e.g. "429", "headers_delay:2000", "chunks:5"."""
+    spec = spec.strip().lower()
+    name, _, arg = spec.partition(":")
+    if name.isdigit() and not arg:
+        return FaultPlan(error_code=_error_code(name))
+    if name == "headers_delay" and arg:
+        return FaultPlan(headers_delay_ms=_number(name, arg))
+    if name == "chunk_delay_ms" and arg:
+        return FaultPlan(chunk_delay_ms=_number(name, arg))
+    if name == "chunks" and arg:
+        count = _number(name, arg)
+        if not count.is_integer():
+            raise FaultSyntaxError(f"chunks needs a whole number, got {arg!r}")
+        return FaultPlan(chunks=max(1, int(count)))
+    if name in ("stream_error", "stream_error_raw"):
+        code = _error_code(arg) if arg else 500
+        kind = "raw" if name == "stream_error_raw" else "data"
+        return FaultPlan(stream_error=kind, stream_error_code=code)
+    if not arg and name in ("disconnect", "malformed", "html", "tuning_failed"):
+        return FaultPlan(**{name: True})
+    raise FaultSyntaxError(f"unknown emulator fault {spec!r}")
+
+
+def parse_fault_list(text: str | None) -> FaultPlan:
+    """A comma-separated fault list; earlier entries win over later ones."""
+    plan = NO_FAULT
+    if not text:
+        return plan
+    for spec in text.split(","):
+        if spec.strip():
+            plan = plan.then(parse_fault(spec))
+    return plan
+
+
+def strip_magic(text: str) -> tuple[str, list[str]]:
+    """Remove magic tokens from `text`; return the cleaned text and the fault words found."""
+    found: list[str] = []
+
+    def collect(match: re.Match[str]) -> str:
+        kind, arg = match.group(1), match.group(2)
+        found.append(arg if kind == "fault" else f"{kind}:{arg}")
+        return ""
+
+    cleaned = MAGIC_TOKEN.sub(collect, text)
+    return (cleaned.strip() if found else cleaned), found
+
+
+def magic_plan(texts: list[str]) -> FaultPlan:
+    """The plan selected by magic tokens in the given prompt texts."""
+    words: list[str] = []
+    for text in texts:
+        words.extend(strip_magic(text)[1])
+    return parse_fault_list(",".join(words))
