@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 VERSION = "/{version:v1beta|v1}"
 MODEL = VERSION + "/models/{model:[^/:]+}"
 ANY_MODEL = VERSION + "/{collection:models|tunedModels}/{model:[^/:]+}"
+# Vertex AI's publisher-model paths take the same JSON bodies.
+VERTEX_MODEL = (
+    "/{version:v1|v1beta1}/projects/{project:[^/]+}/locations/{location:[^/]+}"
+    "/publishers/google/models/{model:[^/:]+}"
+)
 
 # Requests may carry inline media; Google accepts about 20 MB of it per request.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -64,6 +69,9 @@ def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     app.router.add_post(MODEL + ":countTokens", count_tokens)
     app.router.add_post(MODEL + ":embedContent", embed_content)
     app.router.add_post(MODEL + ":batchEmbedContents", batch_embed_contents)
+    app.router.add_post(VERTEX_MODEL + ":generateContent", generate_content)
+    app.router.add_post(VERTEX_MODEL + ":streamGenerateContent", stream_generate_content)
+    app.router.add_post(VERTEX_MODEL + ":countTokens", count_tokens)
     tuning.add_routes(app)
     batches.add_routes(app)
     recorder.add_routes(app)

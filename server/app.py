@@ -23,7 +23,7 @@ from server.config import Settings
 from server.forwarder import Forwarder
 from server.operations import WAIT_OPERATION, LocalOperations
 from server.routes import RouteTable, load_service_config_rules
-from server.upstream import UpstreamClient, make_flavour, make_transport
+from server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
 from server.validation import VALIDATORS
 
 log = logging.getLogger(__name__)
@@ -87,20 +87,27 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def start_gateway(settings: Settings | None = None) -> Gateway:
-    """Validate the routes, connect the upstream and start serving."""
+async def start_gateway(
+    settings: Settings | None = None, flavour: Flavour | None = None
+) -> Gateway:
+    """Validate the routes, connect the upstream and start serving.
+
+    `flavour` overrides the upstream chosen by settings (tests give Vertex AI a token).
+    """
     settings = settings or Settings()
     routes = build_route_table()  # a bad http rule stops start-up here
 
     emulator = None
     emulator_url = None
-    if settings.upstream == "emulator" and not settings.upstream_url:
+    if flavour is None and settings.upstream == "emulator" and not settings.upstream_url:
         from emulator.runner import start_emulator
 
         emulator = await start_emulator()
         emulator_url = emulator.url
     upstream = UpstreamClient(
-        make_flavour(settings, emulator_url), make_transport(settings), settings.upstream_timeout_s
+        flavour or make_flavour(settings, emulator_url),
+        make_transport(settings),
+        settings.upstream_timeout_s,
     )
 
     max_bytes = settings.max_message_mb * 1024 * 1024
