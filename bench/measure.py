@@ -129,6 +129,15 @@ class GatewayTarget:
         """A gRPC round trip that never leaves the gateway: the floor under `unary`."""
         await self._health.Check(self._health_request)
 
+    async def watch_first(self) -> None:
+        """First message of Health.Watch: a server-streaming round trip that never leaves the
+        gateway, the floor under the streaming time-to-first-chunk."""
+        call = self._health.Watch(self._health_request)
+        try:
+            await call.read()
+        finally:
+            call.cancel()
+
     async def stream(self) -> list[float]:
         start = time.perf_counter()
         arrivals = []
@@ -152,6 +161,7 @@ class TargetData:
 
     latency_s: list[list[float]] = field(default_factory=list)
     health_s: list[list[float]] = field(default_factory=list)  # gateways only
+    watch_s: list[list[float]] = field(default_factory=list)  # gateways only
     throughput: list[tuple[int, float]] = field(default_factory=list)  # (requests, seconds)
     cpu_s: list[float] = field(default_factory=list)  # gateway CPU per throughput block
     streams: list[list[list[float]]] = field(default_factory=list)  # round -> call -> chunk
@@ -224,11 +234,18 @@ async def _concurrent(
 
 async def _stream_block(target: Target, count: int, data: TargetData) -> list[list[float]]:
     calls = []
+    watches = []
     for _ in range(count):
         try:
             calls.append(await target.stream())
         except _CALL_ERRORS as exc:
             data.error(exc)
+        if isinstance(target, GatewayTarget):
+            # After an idle pause like the stream's own, so both see the same wake-up cost.
+            await asyncio.sleep(STREAM_DELAY_MS / 1000)
+            watches += await _latency_block(target.watch_first, 1, data)
+    if watches:
+        data.watch_s.append(watches)
     return calls
 
 

@@ -58,6 +58,10 @@ def health_ms(data: TargetData, q: float) -> float:
     return percentile(_flat(data.health_s), q) * 1000
 
 
+def watch_ms(data: TargetData, q: float) -> float:
+    return percentile(_flat(data.watch_s), q) * 1000
+
+
 def unary_p50_rounds(data: TargetData) -> list[float]:
     return [percentile(block, 50) * 1000 for block in data.latency_s]
 
@@ -177,6 +181,13 @@ def _rows(data: dict[str, TargetData], gateways: list[str], plan: Plan) -> list[
         ),
         _difference_row(
             f"stream TTFC p99 (ms), {stream}", lambda d: ttfc_ms(d, 99), data, gateways
+        ),
+        _gateway_row(
+            "gRPC stream hop alone: Health.Watch 1st message p50 (ms)",
+            lambda d: watch_ms(d, 50),
+            data,
+            gateways,
+            2,
         ),
         _difference_row(
             f"chunk 2-{STREAM_CHUNKS} arrival, mean of p50 (ms)", chunk_arrival_ms, data, gateways
