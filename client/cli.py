@@ -12,6 +12,7 @@ from typing import Annotated
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from client.cli_tune import tune_app
 from client.gateway_client import (
@@ -34,7 +35,7 @@ def _run(coro: object) -> None:
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
     except grpc.aio.AioRpcError as exc:
-        err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+        err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
         raise typer.Exit(1) from None
 
 
