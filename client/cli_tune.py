@@ -181,7 +181,11 @@ def list_models(
     """Table of tuned models."""
 
     async def work(client: TuningClient) -> None:
-        table = Table("name", "display name", "state", "base model", "created")
+        table = Table()
+        # Names are what users copy into other commands: never cut them.
+        table.add_column("name", no_wrap=True, min_width=len("tunedModels/") + 12)
+        for header in ("display name", "state", "base model", "created"):
+            table.add_column(header, overflow="fold")
         async for model in client.list(filter, page_size):
             cells = (
                 model.name,
