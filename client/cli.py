@@ -11,9 +11,8 @@ from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from client.cli_common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
 from client.cli_tune import tune_app
 from client.gateway_client import (
     DEFAULT_MODEL,
@@ -26,8 +25,6 @@ from client.gateway_client import (
 app = typer.Typer(
     help="Gemini gRPC gateway: serve Google's Gemini API over gRPC.", no_args_is_help=True
 )
-console = Console()
-err_console = Console(stderr=True)
 app.add_typer(tune_app, name="tune")
 
 
@@ -35,8 +32,7 @@ def _run(coro: object) -> None:
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
     except grpc.aio.AioRpcError as exc:
-        err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
-        raise typer.Exit(1) from None
+        raise rpc_error_exit(exc) from None
 
 
 @app.command()
@@ -134,12 +130,8 @@ def _labels(values: list[str] | None) -> dict[str, str]:
     return labels
 
 
-TargetOpt = Annotated[str, typer.Option(envvar="GEMINI_GATEWAY_TARGET", help="Gateway host:port.")]
 ModelOpt = Annotated[str, typer.Option(help="Model name.")]
 LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="key=value, repeatable.")]
-KeyOpt = Annotated[
-    str | None, typer.Option(envvar="GEMINI_API_KEY", help="Sent as x-goog-api-key.")
-]
 
 
 @app.command()

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -23,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from client.cli_common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
 from client.gateway_client import DEFAULT_TARGET, model_name
 from client.tuning import (
     DEFAULT_BASE_MODEL,
@@ -40,15 +40,6 @@ from generated.google.ai.generativelanguage.v1beta import tuned_model_pb2
 tune_app = typer.Typer(
     help="Tune models and manage tuned models through the gateway.", no_args_is_help=True
 )
-console = Console()
-err_console = Console(stderr=True)
-
-# Same options as the other client commands; defined here too because client.cli imports
-# this module to register it.
-TargetOpt = Annotated[str, typer.Option(envvar="GEMINI_GATEWAY_TARGET", help="Gateway host:port.")]
-KeyOpt = Annotated[
-    str | None, typer.Option(envvar="GEMINI_API_KEY", help="Sent as x-goog-api-key.")
-]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")]
 NameArg = Annotated[str, typer.Argument(help="Tuned model: `my-model` or `tunedModels/my-model`.")]
 
@@ -65,8 +56,7 @@ def _call(
     try:
         asyncio.run(main())
     except grpc.aio.AioRpcError as exc:
-        err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
-        raise typer.Exit(1) from None
+        raise rpc_error_exit(exc) from None
     except TuningFailed as exc:
         err_console.print(
             f"[red]FAILED[/red] {exc.operation_name}: {exc.code.name}: {escape(exc.message)}"
