@@ -9,6 +9,9 @@ import grpc
 import pytest
 
 from client.gateway_client import text_request
+from generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
+from server.app import start_gateway
+from server.config import Settings
 from tests.integration.conftest import emulator_stats
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -69,3 +72,28 @@ async def test_deadline_reaches_upstream_as_timeout(generative, emulator, http) 
     request = text_request("gemini-2.5-flash", "[[fault:headers_delay:300]]")
     response = await generative.GenerateContent(request, timeout=3)
     assert response.candidates
+
+
+async def test_upstream_time_limit_without_a_deadline(emulator) -> None:
+    # No gRPC deadline: the gateway's own upstream_timeout_s bounds the upstream request.
+    gw = await start_gateway(
+        Settings(upstream="emulator", upstream_url=emulator.url, port=0, upstream_timeout_s=0.3)
+    )
+    try:
+        async with grpc.aio.insecure_channel(gw.target) as channel:
+            stub = generative_service_pb2_grpc.GenerativeServiceStub(channel)
+            slow_headers = text_request("gemini-2.5-flash", "[[fault:headers_delay:3000]]")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GenerateContent(slow_headers)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "upstream did not answer within 0.3s" in info.value.details()
+
+            slow_chunks = text_request("gemini-2.5-flash", "[[chunks:5]] [[chunk_delay_ms:200]]")
+            received = 0
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stub.StreamGenerateContent(slow_chunks):
+                    received += 1
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert 1 <= received < 5
+    finally:
+        await gw.stop(0)
