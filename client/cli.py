@@ -63,6 +63,7 @@ def serve(
         Path | None, typer.Option(help="CA bundle: require client certs.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
 ) -> None:
     """Start the gateway (default: embedded emulator upstream, no key needed)."""
     from server.app import serve as serve_gateway
@@ -78,6 +79,7 @@ def serve(
         "tls_key_file": tls_key,
         "tls_client_ca_file": tls_client_ca,
         "log_level": log_level,
+        "metrics_port": metrics_port,
     }
     if sum([upstream is not None, emulator, vertex]) > 1:
         raise typer.BadParameter("choose one of --upstream, --emulator, --vertex")

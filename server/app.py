@@ -21,6 +21,7 @@ from generated.google.ai.generativelanguage.v1beta import (
 )
 from server.config import Settings
 from server.forwarder import Forwarder
+from server.metrics import MetricsInterceptor, serve_metrics
 from server.operations import WAIT_OPERATION, LocalOperations
 from server.routes import RouteTable, load_service_config_rules
 from server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
@@ -112,6 +113,7 @@ async def start_gateway(
 
     max_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
+        interceptors=[MetricsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -151,6 +153,8 @@ async def start_gateway(
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls."""
     gateway = await start_gateway(settings)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.host, settings.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(5.0, description="Time in-flight calls get on shutdown.")
     log_level: str = Field("INFO", description="Python logging level.")
+    metrics_port: int | None = Field(
+        None, description="Serve Prometheus metrics at http://host:port/metrics (off if unset)."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -48,10 +49,16 @@ def _stop(process: subprocess.Popen) -> int:
         raise
 
 
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="module")
 def served_gateway() -> Iterator[str]:
     port = _free_port()
-    process = _start(["serve", "--emulator", "--port", str(port)], "listening on")
+    process = _start(
+        ["serve", "--emulator", "--port", str(port), "--metrics-port", str(METRICS_PORT)],
+        "listening on",
+    )
     yield f"127.0.0.1:{port}"
     assert _stop(process) == 0
 
@@ -107,3 +114,14 @@ def test_standalone_emulator_as_upstream() -> None:
             assert _stop(gateway) == 0
     finally:
         _stop(emulator)
+
+
+def test_metrics_endpoint(served_gateway: str) -> None:
+    assert _run("generate", "metrics please", "--target", served_gateway).returncode == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    line = (
+        'gateway_grpc_calls_total{code="OK",'
+        'method="/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"}'
+    )
+    assert line in text

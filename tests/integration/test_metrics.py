@@ -1,0 +1,52 @@
+"""Prometheus metrics: calls by method and status, durations, streamed messages."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from client.gateway_client import text_request
+
+GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
+STREAM = "/google.ai.generativelanguage.v1beta.GenerativeService/StreamGenerateContent"
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_calls_are_counted_by_method_and_code(generative) -> None:
+    ok = _value("gateway_grpc_calls_total", method=GENERATE, code="OK")
+    exhausted = _value("gateway_grpc_calls_total", method=GENERATE, code="RESOURCE_EXHAUSTED")
+    timed = _value("gateway_grpc_call_duration_seconds_count", method=GENERATE)
+
+    await generative.GenerateContent(text_request("gemini-2.5-flash", "count me"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await generative.GenerateContent(text_request("gemini-2.5-flash", "[[fault:429]]"))
+
+    assert _value("gateway_grpc_calls_total", method=GENERATE, code="OK") == ok + 1
+    assert (
+        _value("gateway_grpc_calls_total", method=GENERATE, code="RESOURCE_EXHAUSTED")
+        == exhausted + 1
+    )
+    assert _value("gateway_grpc_call_duration_seconds_count", method=GENERATE) == timed + 2
+    assert _value("gateway_grpc_calls_in_flight", method=GENERATE) == 0
+
+
+async def test_streamed_messages_and_mid_stream_errors(generative) -> None:
+    sent = _value("gateway_grpc_streamed_messages_total", method=STREAM)
+    failed = _value("gateway_grpc_calls_total", method=STREAM, code="INTERNAL")
+    chunks = [
+        c async for c in generative.StreamGenerateContent(text_request("gemini-2.5-flash", "hi"))
+    ]
+    assert _value("gateway_grpc_streamed_messages_total", method=STREAM) == sent + len(chunks)
+    sent += len(chunks)
+    call = generative.StreamGenerateContent(
+        text_request("gemini-2.5-flash", "[[chunks:4]] [[fault:stream_error]]")
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        async for _ in call:
+            pass
+    assert _value("gateway_grpc_streamed_messages_total", method=STREAM) > sent
+    assert _value("gateway_grpc_calls_total", method=STREAM, code="INTERNAL") == failed + 1
