@@ -118,7 +118,7 @@ async def start_gateway(
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     forwarder = Forwarder(routes, upstream, VALIDATORS)
     server.add_generic_rpc_handlers(forwarder.generic_handlers())
