@@ -7,6 +7,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.longrunning import operations_proto_pb2
@@ -26,6 +27,9 @@ from server.operations import WAIT_OPERATION, LocalOperations
 from server.routes import RouteTable, load_service_config_rules
 from server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
 from server.validation import VALIDATORS
+
+if TYPE_CHECKING:
+    from emulator.runner import EmulatorHandle
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Gateway:
     port: int
     upstream: UpstreamClient
     health: health.aio.HealthServicer
-    _emulator: object | None = field(default=None)
+    _emulator: EmulatorHandle | None = field(default=None)
 
     @property
     def target(self) -> str:
@@ -72,7 +76,7 @@ class Gateway:
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.upstream.aclose()
         if self._emulator is not None:
-            await self._emulator.close()  # type: ignore[attr-defined]
+            await self._emulator.close()
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
