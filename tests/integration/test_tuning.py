@@ -393,3 +393,29 @@ async def test_official_client_create_tuned_model_result(tuning_gateway) -> None
     assert report["metadata_type"] == "CreateTunedModelMetadata"
     assert report["metadata_total_steps"] == report["metadata_snapshots"] == steps
     assert report["last_loss"] is not None
+
+
+async def test_wait_operation_answers_before_the_call_deadline(stubs) -> None:
+    operation = await create(stubs, increment_model(), f"deadline-{next(_ids)}")
+    latest = await stubs["operations"].WaitOperation(
+        operations_pb2.WaitOperationRequest(name=operation.name), timeout=0.4
+    )
+    assert latest.name == operation.name
+    assert not latest.done  # the latest state, sent before the 0.4 s deadline ran out
+
+
+async def test_batch_operations_are_forwarded_by_their_rules(stubs, tuning_emulator, http) -> None:
+    ops = stubs["operations"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ops.DeleteOperation(operations_pb2.DeleteOperationRequest(name="batches/b1"))
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    async with http.get(f"{tuning_emulator.url}/_emulator/requests") as response:
+        seen = (await response.json())[-1]
+    assert (seen["method"], seen["path"]) == ("DELETE", "/v1beta/batches/b1")
+    # No DeleteOperation binding covers tuning operations: refused before any upstream call.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ops.DeleteOperation(
+            operations_pb2.DeleteOperationRequest(name="tunedModels/x/operations/y")
+        )
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "batches/*" in info.value.details()
