@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,6 +156,14 @@ async def start_gateway(
     return Gateway(settings, server, port, upstream, health_servicer, emulator)
 
 
+def _cli_name() -> str:
+    """The command as the user can run it (.venv/bin/gemini-gateway outside the venv)."""
+    cli = sys.argv[0] if os.path.basename(sys.argv[0]) == "gemini-gateway" else "gemini-gateway"
+    if os.path.isabs(cli) and cli.startswith(os.getcwd()):
+        cli = os.path.relpath(cli)
+    return cli
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls."""
     gateway = await start_gateway(settings)
@@ -164,11 +174,12 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     upstream_url = getattr(gateway.upstream.flavour, "base_url", "")
+    cli = _cli_name()
     print(
         f"Gemini gRPC gateway listening on {gateway.target} "
         f"(upstream: {settings.upstream} {upstream_url})\n"
-        f"  try:  gemini-gateway generate 'Hello' --target {gateway.target}\n"
-        f"        gemini-gateway stream 'Tell me a story' --target {gateway.target}\n"
+        f"  try:  {cli} generate 'Hello' --target {gateway.target}\n"
+        f"        {cli} stream 'Tell me a story' --target {gateway.target}\n"
         f"        npx buf curl --protocol grpc --http2-prior-knowledge "
         f"http://{gateway.target}/google.ai.generativelanguage.v1beta.ModelService/ListModels",
         flush=True,
