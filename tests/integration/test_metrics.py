@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from prometheus_client import REGISTRY
@@ -16,6 +18,19 @@ def _value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+async def _settled(name: str, expected: float, **labels: str) -> float:
+    """The metric once the server has finished the call.
+
+    context.abort() sends the status before the handler unwinds, so a failed call can
+    reach the client a moment before the server records it.
+    """
+    for _ in range(100):
+        if _value(name, **labels) == expected:
+            break
+        await asyncio.sleep(0.01)
+    return _value(name, **labels)
+
+
 async def test_calls_are_counted_by_method_and_code(generative) -> None:
     ok = _value("gateway_grpc_calls_total", method=GENERATE, code="OK")
     exhausted = _value("gateway_grpc_calls_total", method=GENERATE, code="RESOURCE_EXHAUSTED")
@@ -25,13 +40,17 @@ async def test_calls_are_counted_by_method_and_code(generative) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await generative.GenerateContent(text_request("gemini-2.5-flash", "[[fault:429]]"))
 
-    assert _value("gateway_grpc_calls_total", method=GENERATE, code="OK") == ok + 1
+    calls = "gateway_grpc_calls_total"
+    assert await _settled(calls, ok + 1, method=GENERATE, code="OK") == ok + 1
     assert (
-        _value("gateway_grpc_calls_total", method=GENERATE, code="RESOURCE_EXHAUSTED")
+        await _settled(calls, exhausted + 1, method=GENERATE, code="RESOURCE_EXHAUSTED")
         == exhausted + 1
     )
-    assert _value("gateway_grpc_call_duration_seconds_count", method=GENERATE) == timed + 2
-    assert _value("gateway_grpc_calls_in_flight", method=GENERATE) == 0
+    timed_now = await _settled(
+        "gateway_grpc_call_duration_seconds_count", timed + 2, method=GENERATE
+    )
+    assert timed_now == timed + 2
+    assert await _settled("gateway_grpc_calls_in_flight", 0, method=GENERATE) == 0
 
 
 async def test_streamed_messages_and_mid_stream_errors(generative) -> None:
@@ -49,4 +68,7 @@ async def test_streamed_messages_and_mid_stream_errors(generative) -> None:
         async for _ in call:
             pass
     assert _value("gateway_grpc_streamed_messages_total", method=STREAM) > sent
-    assert _value("gateway_grpc_calls_total", method=STREAM, code="INTERNAL") == failed + 1
+    failed_now = await _settled(
+        "gateway_grpc_calls_total", failed + 1, method=STREAM, code="INTERNAL"
+    )
+    assert failed_now == failed + 1
