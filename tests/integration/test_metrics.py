@@ -24,7 +24,7 @@ async def _settled(name: str, expected: float, **labels: str) -> float:
     context.abort() sends the status before the handler unwinds, so a failed call can
     reach the client a moment before the server records it.
     """
-    for _ in range(100):
+    for _ in range(300):
         if _value(name, **labels) == expected:
             break
         await asyncio.sleep(0.01)
@@ -32,6 +32,9 @@ async def _settled(name: str, expected: float, **labels: str) -> float:
 
 
 async def test_calls_are_counted_by_method_and_code(generative) -> None:
+    # Calls cancelled by earlier tests may still be unwinding in the server: let them finish
+    # before taking the baseline.
+    assert await _settled("gateway_grpc_calls_in_flight", 0, method=GENERATE) == 0
     ok = _value("gateway_grpc_calls_total", method=GENERATE, code="OK")
     exhausted = _value("gateway_grpc_calls_total", method=GENERATE, code="RESOURCE_EXHAUSTED")
     timed = _value("gateway_grpc_call_duration_seconds_count", method=GENERATE)
@@ -54,6 +57,7 @@ async def test_calls_are_counted_by_method_and_code(generative) -> None:
 
 
 async def test_streamed_messages_and_mid_stream_errors(generative) -> None:
+    assert await _settled("gateway_grpc_calls_in_flight", 0, method=STREAM) == 0
     sent = _value("gateway_grpc_streamed_messages_total", method=STREAM)
     failed = _value("gateway_grpc_calls_total", method=STREAM, code="INTERNAL")
     chunks = [
