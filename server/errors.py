@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 from google.protobuf import any_pb2, json_format, symbol_database
@@ -72,6 +74,20 @@ class UpstreamError(Exception):
 
     async def abort(self, context: grpc.aio.ServicerContext) -> None:
         await context.abort(self.code, self.message, self.trailing_metadata())
+
+
+@asynccontextmanager
+async def aborting_on_error(
+    context: grpc.aio.ServicerContext, field: str | None = None
+) -> AsyncIterator[None]:
+    """End the gRPC call with the error's status: UpstreamError as it is, and ValueError
+    (a request that cannot be routed) as INVALID_ARGUMENT, naming `field` when given."""
+    try:
+        yield
+    except UpstreamError as exc:
+        await exc.abort(context)
+    except ValueError as exc:
+        await invalid_argument(str(exc), field=field).abort(context)
 
 
 def code_for_http_status(http_status: int) -> grpc.StatusCode:

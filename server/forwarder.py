@@ -128,18 +128,13 @@ class Forwarder:
     async def forward_unary(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
-        try:
+        async with errors.aborting_on_error(context):
             return await self.call(route, request, context)
-        except errors.UpstreamError as exc:
-            await exc.abort(context)
-        except ValueError as exc:
-            await errors.invalid_argument(str(exc)).abort(context)
-        raise AssertionError("unreachable: abort raises")
 
     async def forward_stream(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Message]:
-        try:
+        async with errors.aborting_on_error(context):
             self._check(route, request)
             call = route.to_http(request)
             async with self.upstream.stream(
@@ -151,7 +146,3 @@ class Forwarder:
                         yield parse_response(route, payload)
                 for payload in reader.close():
                     yield parse_response(route, payload)
-        except errors.UpstreamError as exc:
-            await exc.abort(context)
-        except ValueError as exc:
-            await errors.invalid_argument(str(exc)).abort(context)

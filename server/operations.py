@@ -58,7 +58,7 @@ class LocalOperations:
         if request.HasField("timeout"):
             wait_until = time.monotonic() + request.timeout.ToTimedelta().total_seconds()
         delay = INITIAL_DELAY_S
-        try:
+        async with errors.aborting_on_error(context, field="name"):
             while True:
                 operation = await self._get(request.name, context)
                 if operation.done:
@@ -68,11 +68,6 @@ class LocalOperations:
                     return operation
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * MULTIPLIER, MAX_DELAY_S)
-        except errors.UpstreamError as exc:
-            await exc.abort(context)
-        except ValueError as exc:
-            await errors.invalid_argument(str(exc), field="name").abort(context)
-        raise AssertionError("unreachable: abort raises")
 
     async def watch_operation(
         self, request: watch_pb2.WatchOperationRequest, context: grpc.aio.ServicerContext
@@ -81,7 +76,7 @@ class LocalOperations:
         if request.HasField("poll_interval"):
             interval = max(request.poll_interval.ToTimedelta().total_seconds(), MIN_POLL_INTERVAL_S)
         last_seen = b""
-        try:
+        async with errors.aborting_on_error(context, field="name"):
             while True:
                 operation = await self._get(request.name, context)
                 state = operation.SerializeToString(deterministic=True)
@@ -91,10 +86,6 @@ class LocalOperations:
                 if operation.done:
                     return
                 await asyncio.sleep(interval)
-        except errors.UpstreamError as exc:
-            await exc.abort(context)
-        except ValueError as exc:
-            await errors.invalid_argument(str(exc), field="name").abort(context)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         wait = grpc.unary_unary_rpc_method_handler(
