@@ -2,15 +2,15 @@
 PY ?= .venv/bin/python
 BUF ?= node_modules/.bin/buf
 
-.PHONY: venv setup generate check-generated lint format test bench serve
+.PHONY: venv setup generate check-generated lint typecheck format test bench serve
 
 venv:             ## virtualenv with the package and its dev tools
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./client -e '.[dev]'
 
 setup: venv       ## plus buf, from the npm registry
-	npm install --no-audit --no-fund --silent
+	npm ci --no-audit --no-fund --silent  # the lock file lists every platform: the tree stays clean
 
 generate:         ## regenerate generated/ from protos/
 	$(PY) scripts/generate_protos.py
@@ -19,11 +19,16 @@ check-generated: generate  ## fail when generated/ differs from what protos/ pro
 	git diff --exit-code --stat -- generated/
 	test -z "$$(git status --porcelain -- generated/)"
 
-lint:             ## ruff + buf lint + buf format check
+lint: typecheck   ## ruff + buf lint + buf format check + the consumer type check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(BUF) lint
 	$(BUF) format -d --exit-code protos
+
+typecheck:        ## mypy --strict on a caller of the built client distribution, as it sees the stubs
+	rm -rf build/typecheck
+	$(PY) -m pip install -q --no-deps --no-build-isolation --target build/typecheck ./client
+	MYPYPATH=build/typecheck $(PY) -m mypy --strict examples/typed_consumer.py
 
 format:
 	$(PY) -m ruff format .

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.processes import MODEL, cpu_seconds
-from client.gateway_client import GatewayClient, response_text, text_request
+from gemini_gateway.client.gateway_client import GatewayClient, response_text, text_request
 
 UNARY_PROMPT = "Say hello to the benchmark."
 STREAM_CHUNKS = 10

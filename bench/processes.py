@@ -113,13 +113,20 @@ class Services:
 
     def start_emulator(self, chunk_count: int = 3, chunk_delay_ms: float = 0) -> Service:
         port = free_port()
-        args = ["-m", "emulator", "--port", str(port), "--chunk-count", str(chunk_count)]
+        args = [
+            "-m",
+            "gemini_gateway.emulator",
+            "--port",
+            str(port),
+            "--chunk-count",
+            str(chunk_count),
+        ]
         args += ["--chunk-delay-ms", str(chunk_delay_ms)]
         return self._spawn("emulator", args, port)
 
     def start_gateway(self, http_client: str, upstream_url: str) -> Service:
         port = free_port()
-        args = ["-m", "client.cli", "serve", "--upstream", upstream_url, "--host", HOST]
+        args = ["-m", "gemini_gateway.cli", "serve", "--upstream", upstream_url, "--host", HOST]
         args += ["--port", str(port), "--http-client", http_client, "--log-level", "WARNING"]
         return self._spawn(f"gateway-{http_client}", args, port)
 

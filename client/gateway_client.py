@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import grpc
 
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     content_pb2,
     generative_service_pb2,
     generative_service_pb2_grpc,
+    model_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
 )
@@ -50,7 +51,7 @@ def response_text(response: generative_service_pb2.GenerateContentResponse) -> s
 
 
 class GatewayClient:
-    """Async client: one channel, stubs for the generative and model services."""
+    """Async client (grpc.aio): one channel, stubs for the generative and model services."""
 
     def __init__(
         self,
@@ -88,14 +89,12 @@ class GatewayClient:
     async def count_tokens(
         self, model: str, prompt: str
     ) -> generative_service_pb2.CountTokensResponse:
-        request = generative_service_pb2.CountTokensRequest(
-            model=model_name(model),
-            contents=[content_pb2.Content(role="user", parts=[content_pb2.Part(text=prompt)])],
+        return await self.generative.CountTokens(
+            _count_request(model, prompt), metadata=self._metadata
         )
-        return await self.generative.CountTokens(request, metadata=self._metadata)
 
-    async def list_models(self, page_size: int = 0) -> list:
-        models = []
+    async def list_models(self, page_size: int = 0) -> list[model_pb2.Model]:
+        models: list[model_pb2.Model] = []
         page_token = ""
         while True:
             page = await self.models.ListModels(
@@ -115,3 +114,68 @@ class GatewayClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _count_request(model: str, prompt: str) -> generative_service_pb2.CountTokensRequest:
+    return generative_service_pb2.CountTokensRequest(
+        model=model_name(model),
+        contents=[content_pb2.Content(role="user", parts=[content_pb2.Part(text=prompt)])],
+    )
+
+
+class SyncGatewayClient:
+    """Blocking client for code without an event loop; the same calls as GatewayClient."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        secure: bool = False,
+    ) -> None:
+        if secure or root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.insecure_channel(target)
+        self._metadata = (("x-goog-api-key", api_key),) if api_key else ()
+        self.generative = generative_service_pb2_grpc.GenerativeServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def generate(
+        self, request: generative_service_pb2.GenerateContentRequest, timeout: float | None = None
+    ) -> generative_service_pb2.GenerateContentResponse:
+        return self.generative.GenerateContent(request, metadata=self._metadata, timeout=timeout)
+
+    def stream(
+        self, request: generative_service_pb2.GenerateContentRequest, timeout: float | None = None
+    ) -> Iterator[generative_service_pb2.GenerateContentResponse]:
+        yield from self.generative.StreamGenerateContent(
+            request, metadata=self._metadata, timeout=timeout
+        )
+
+    def count_tokens(self, model: str, prompt: str) -> generative_service_pb2.CountTokensResponse:
+        return self.generative.CountTokens(_count_request(model, prompt), metadata=self._metadata)
+
+    def list_models(self, page_size: int = 0) -> list[model_pb2.Model]:
+        models: list[model_pb2.Model] = []
+        page_token = ""
+        while True:
+            page = self.models.ListModels(
+                model_service_pb2.ListModelsRequest(page_size=page_size, page_token=page_token),
+                metadata=self._metadata,
+            )
+            models.extend(page.models)
+            page_token = page.next_page_token
+            if not page_token:
+                return models
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SyncGatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

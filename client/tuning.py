@@ -11,24 +11,24 @@ import csv
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.rpc import status_pb2
 
-from generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
-from generated.gemini.gateway.v1 import operations_pb2_grpc as watch_pb2_grpc
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2_grpc as watch_pb2_grpc
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     model_service_pb2,
     model_service_pb2_grpc,
     tuned_model_pb2,
 )
 
-TunedModel = tuned_model_pb2.TunedModel
-TuningExample = tuned_model_pb2.TuningExample
-CreateTunedModelMetadata = model_service_pb2.CreateTunedModelMetadata
-Operation = operations_pb2.Operation
+TunedModel: TypeAlias = tuned_model_pb2.TunedModel
+TuningExample: TypeAlias = tuned_model_pb2.TuningExample
+CreateTunedModelMetadata: TypeAlias = model_service_pb2.CreateTunedModelMetadata
+Operation: TypeAlias = operations_pb2.Operation
 
 DEFAULT_BASE_MODEL = "models/gemini-1.5-flash-001-tuning"
 # Column / key names accepted for the prompt side of an example, in order of preference.
@@ -231,7 +231,7 @@ class TuningOperation:
 
     @property
     def name(self) -> str:
-        return self._operation.name
+        return str(self._operation.name)
 
     @property
     def operation(self) -> Operation:
@@ -248,7 +248,7 @@ class TuningOperation:
 
     @property
     def done(self) -> bool:
-        return self._operation.done
+        return bool(self._operation.done)
 
     async def refresh(self) -> Operation:
         """Read the operation once (Operations.GetOperation)."""

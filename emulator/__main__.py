@@ -1,17 +1,18 @@
-"""`python -m emulator --port 8081`: serve the emulated Gemini API."""
+"""`python -m gemini_gateway.emulator --port 8081`: serve the emulated Gemini API."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from emulator.runner import run_emulator
-from emulator.settings import EmulatorSettings
+from gemini_gateway.emulator.runner import run_emulator
+from gemini_gateway.emulator.settings import EmulatorSettings
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m emulator", description="Emulate Google's Gemini REST API locally."
+        prog="python -m gemini_gateway.emulator",
+        description="Emulate Google's Gemini REST API locally.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)

@@ -7,16 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator import batches, recorder, tuning
-from emulator.auth import api_key_middleware
-from emulator.catalog import get_model, list_models
-from emulator.embeddings import batch_embed_contents, embed_content
-from emulator.errors import ApiError
-from emulator.generate import count_tokens, generate_content, stream_generate_content
-from emulator.injection import fault_middleware
-from emulator.recorder import RECORDER_KEY, Recorder, recording_middleware
-from emulator.settings import SETTINGS_KEY, EmulatorSettings
-from emulator.tuning import TUNING_KEY, TuningStore
+from gemini_gateway.emulator import batches, recorder, tuning
+from gemini_gateway.emulator.auth import api_key_middleware
+from gemini_gateway.emulator.catalog import get_model, list_models
+from gemini_gateway.emulator.embeddings import batch_embed_contents, embed_content
+from gemini_gateway.emulator.errors import ApiError
+from gemini_gateway.emulator.generate import count_tokens, generate_content, stream_generate_content
+from gemini_gateway.emulator.injection import fault_middleware
+from gemini_gateway.emulator.recorder import RECORDER_KEY, Recorder, recording_middleware
+from gemini_gateway.emulator.settings import SETTINGS_KEY, EmulatorSettings
+from gemini_gateway.emulator.tuning import TUNING_KEY, TuningStore
 
 log = logging.getLogger(__name__)
 

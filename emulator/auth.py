@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.errors import invalid_api_key, missing_api_key
-from emulator.recorder import TEST_PREFIX
-from emulator.settings import SETTINGS_KEY
+from gemini_gateway.emulator.errors import invalid_api_key, missing_api_key
+from gemini_gateway.emulator.recorder import TEST_PREFIX
+from gemini_gateway.emulator.settings import SETTINGS_KEY
 
 
 def request_api_key(request: web.Request) -> str | None:

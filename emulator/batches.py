@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from emulator.errors import not_found
-from emulator.wire import json_response
+from gemini_gateway.emulator.errors import not_found
+from gemini_gateway.emulator.wire import json_response
 
 
 def _unknown(request: web.Request) -> Exception:

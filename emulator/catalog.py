@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.errors import bad_request, not_found
-from emulator.fields import as_int
-from emulator.wire import json_response
+from gemini_gateway.emulator.errors import bad_request, not_found
+from gemini_gateway.emulator.fields import as_int
+from gemini_gateway.emulator.wire import json_response
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.catalog import find_model, supports
-from emulator.errors import invalid_field, model_not_found
-from emulator.fields import as_int, field, items, mapping, read_body
-from emulator.settings import SETTINGS_KEY
-from emulator.tokens import TOKEN
-from emulator.wire import json_response
+from gemini_gateway.emulator.catalog import find_model, supports
+from gemini_gateway.emulator.errors import invalid_field, model_not_found
+from gemini_gateway.emulator.fields import as_int, field, items, mapping, read_body
+from gemini_gateway.emulator.settings import SETTINGS_KEY
+from gemini_gateway.emulator.tokens import TOKEN
+from gemini_gateway.emulator.wire import json_response
 
 DEFAULT_DIMENSIONS = 768
 MAX_DIMENSIONS = 3072

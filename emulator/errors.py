@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.wire import json_response
+from gemini_gateway.emulator.wire import json_response
 
 TYPE_PREFIX = "type.googleapis.com/google.rpc."
 

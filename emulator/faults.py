@@ -12,7 +12,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from emulator.errors import FAULT_HTTP_CODES
+from gemini_gateway.emulator.errors import FAULT_HTTP_CODES
 
 FAULT_HEADER = "x-emulator-fault"
 

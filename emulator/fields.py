@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.errors import ApiError
+from gemini_gateway.emulator.errors import ApiError
 
 _UPPER = re.compile(r"[A-Z]")
 

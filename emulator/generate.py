@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from emulator.catalog import find_model, supports
-from emulator.errors import model_not_found
-from emulator.fields import read_body
-from emulator.generation import build_answer, count_tokens_response, read_prompt
-from emulator.injection import (
+from gemini_gateway.emulator.catalog import find_model, supports
+from gemini_gateway.emulator.errors import model_not_found
+from gemini_gateway.emulator.fields import read_body
+from gemini_gateway.emulator.generation import build_answer, count_tokens_response, read_prompt
+from gemini_gateway.emulator.injection import (
     before_headers,
     checked_plan,
     handles_own_faults,
     header_plan,
     settings_plan,
 )
-from emulator.settings import SETTINGS_KEY
-from emulator.streaming import stream_chunks
-from emulator.tuning import TUNING_KEY
-from emulator.wire import json_response
+from gemini_gateway.emulator.settings import SETTINGS_KEY
+from gemini_gateway.emulator.streaming import stream_chunks
+from gemini_gateway.emulator.tuning import TUNING_KEY
+from gemini_gateway.emulator.wire import json_response
 
 
 def _catalog_model(request: web.Request, method: str) -> str:

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from emulator.errors import ApiError, invalid_field
-from emulator.faults import strip_magic
-from emulator.fields import as_int, field, items, mapping
-from emulator.schema_values import value_for_schema
-from emulator.textgen import answer_text, split_chunks
-from emulator.tokens import count_contents, count_part, modality_details, truncate
-from emulator.wire import compact
+from gemini_gateway.emulator.errors import ApiError, invalid_field
+from gemini_gateway.emulator.faults import strip_magic
+from gemini_gateway.emulator.fields import as_int, field, items, mapping
+from gemini_gateway.emulator.schema_values import value_for_schema
+from gemini_gateway.emulator.textgen import answer_text, split_chunks
+from gemini_gateway.emulator.tokens import count_contents, count_part, modality_details, truncate
+from gemini_gateway.emulator.wire import compact
 
 ROLES = frozenset({"", "user", "model", "function", "tool"})
 MAX_CANDIDATES = 8

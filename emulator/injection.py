@@ -13,11 +13,16 @@ from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
-from emulator.errors import bad_request, fault_error, proxy_error_page
-from emulator.faults import FAULT_HEADER, FaultPlan, FaultSyntaxError, parse_fault_list
-from emulator.recorder import TEST_PREFIX, mark_aborted
-from emulator.settings import SETTINGS_KEY
-from emulator.wire import JSON_CONTENT_TYPE
+from gemini_gateway.emulator.errors import bad_request, fault_error, proxy_error_page
+from gemini_gateway.emulator.faults import (
+    FAULT_HEADER,
+    FaultPlan,
+    FaultSyntaxError,
+    parse_fault_list,
+)
+from gemini_gateway.emulator.recorder import TEST_PREFIX, mark_aborted
+from gemini_gateway.emulator.settings import SETTINGS_KEY
+from gemini_gateway.emulator.wire import JSON_CONTENT_TYPE
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[web.StreamResponse]])
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.wire import json_response
+from gemini_gateway.emulator.wire import json_response
 
 TEST_PREFIX = "/_emulator/"
 

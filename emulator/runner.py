@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from emulator.app import create_app
-from emulator.settings import EmulatorSettings
+from gemini_gateway.emulator.app import create_app
+from gemini_gateway.emulator.settings import EmulatorSettings
 
 
 @dataclass

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from emulator.fields import as_float, as_int, field, items, mapping
+from gemini_gateway.emulator.fields import as_float, as_int, field, items, mapping
 
 WORDS = (
     "amber", "birch", "cedar", "delta", "ember", "fable", "garnet", "harbor", "indigo",

@@ -6,7 +6,7 @@ from aiohttp import web
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from emulator.faults import parse_fault_list
+from gemini_gateway.emulator.faults import parse_fault_list
 
 
 class EmulatorSettings(BaseSettings):

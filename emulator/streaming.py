@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.errors import fault_error
-from emulator.faults import FaultPlan
-from emulator.injection import drop_connection
-from emulator.wire import CHARSET, JSON_CONTENT_TYPE, compact, pretty
+from gemini_gateway.emulator.errors import fault_error
+from gemini_gateway.emulator.faults import FaultPlan
+from gemini_gateway.emulator.injection import drop_connection
+from gemini_gateway.emulator.wire import CHARSET, JSON_CONTENT_TYPE, compact, pretty
 
 
 class StreamWriter:

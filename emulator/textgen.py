@@ -7,7 +7,7 @@ import itertools
 import random
 import re
 
-from emulator.schema_values import WORDS
+from gemini_gateway.emulator.schema_values import WORDS
 
 FILLER_WORDS = 24
 

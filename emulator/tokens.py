@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from emulator.fields import field, items, mapping
+from gemini_gateway.emulator.fields import field, items, mapping
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 MEDIA_PART_TOKENS = 258

@@ -26,12 +26,20 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.catalog import find_model, paginate
-from emulator.errors import RPC_CODE, ApiError, bad_request, invalid_field, not_found
-from emulator.fields import as_float, as_int, camel_case, field, items, mapping, read_body
-from emulator.injection import header_plan
-from emulator.tokens import TOKEN
-from emulator.wire import json_response
+from gemini_gateway.emulator.catalog import find_model, paginate
+from gemini_gateway.emulator.errors import RPC_CODE, ApiError, bad_request, invalid_field, not_found
+from gemini_gateway.emulator.fields import (
+    as_float,
+    as_int,
+    camel_case,
+    field,
+    items,
+    mapping,
+    read_body,
+)
+from gemini_gateway.emulator.injection import header_plan
+from gemini_gateway.emulator.tokens import TOKEN
+from gemini_gateway.emulator.wire import json_response
 
 V1BETA = "type.googleapis.com/google.ai.generativelanguage.v1beta."
 LARGE_DATASET = 500

@@ -16,22 +16,22 @@ from google.longrunning import operations_proto_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-import generated.google.ai.generativelanguage.v1beta as v1beta
-from generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
-from generated.google.ai.generativelanguage.v1beta import (
+import gemini_gateway.generated.google.ai.generativelanguage.v1beta as v1beta
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
     model_service_pb2,
 )
-from server.config import Settings
-from server.forwarder import Forwarder
-from server.metrics import MetricsInterceptor, serve_metrics
-from server.operations import WAIT_OPERATION, LocalOperations
-from server.routes import RouteTable, load_service_config_rules
-from server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
-from server.validation import VALIDATORS
+from gemini_gateway.server.config import Settings
+from gemini_gateway.server.forwarder import Forwarder
+from gemini_gateway.server.metrics import MetricsInterceptor, serve_metrics
+from gemini_gateway.server.operations import WAIT_OPERATION, LocalOperations
+from gemini_gateway.server.routes import RouteTable, load_service_config_rules
+from gemini_gateway.server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
+from gemini_gateway.server.validation import VALIDATORS
 
 if TYPE_CHECKING:
-    from emulator.runner import EmulatorHandle
+    from gemini_gateway.emulator.runner import EmulatorHandle
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ async def start_gateway(
     emulator = None
     emulator_url = None
     if flavour is None and settings.upstream == "emulator" and not settings.upstream_url:
-        from emulator.runner import start_emulator
+        from gemini_gateway.emulator.runner import start_emulator
 
         emulator = await start_emulator()
         emulator_url = emulator.url

@@ -18,10 +18,10 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from server import errors
-from server.routes import Route, RouteTable
-from server.sse import SseReader
-from server.upstream import UpstreamClient
+from gemini_gateway.server import errors
+from gemini_gateway.server.routes import Route, RouteTable
+from gemini_gateway.server.sse import SseReader
+from gemini_gateway.server.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 

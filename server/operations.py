@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import grpc
 from google.longrunning import operations_pb2
 
-from generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
-from server import errors
-from server.forwarder import Forwarder
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
+from gemini_gateway.server import errors
+from gemini_gateway.server.forwarder import Forwarder
 
 GET_OPERATION = "/google.longrunning.Operations/GetOperation"
 WAIT_OPERATION = "google.longrunning.Operations.WaitOperation"

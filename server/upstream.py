@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import aiohttp
 import grpc
 
-from server import errors
-from server.config import GEMINI_API_URL, Settings
-from server.routes import HttpCall
+from gemini_gateway.server import errors
+from gemini_gateway.server.config import GEMINI_API_URL, Settings
+from gemini_gateway.server.routes import HttpCall
 
 USER_AGENT = "gemini-grpc-gateway/0.1"
 Metadata = Sequence[tuple[str, str | bytes]]

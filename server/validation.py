@@ -12,7 +12,10 @@ import re
 
 from google.protobuf.message import Message
 
-from generated.google.ai.generativelanguage.v1beta import model_service_pb2, tuned_model_pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
+    model_service_pb2,
+    tuned_model_pb2,
+)
 
 Violations = list[tuple[str, str]]
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from emulator import EmulatorHandle, EmulatorSettings, start_emulator
+from gemini_gateway.emulator import EmulatorHandle, EmulatorSettings, start_emulator
 
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 STREAM_SSE = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"

@@ -1,4 +1,4 @@
-"""`python -m emulator` serves until it is told to stop."""
+"""`python -m gemini_gateway.emulator` serves until it is told to stop."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.tokens import count_text
+from gemini_gateway.emulator.tokens import count_text
 from tests.emulator.conftest import GENERATE, Api, user
 
 

@@ -8,7 +8,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from emulator import EmulatorHandle
+from gemini_gateway.emulator import EmulatorHandle
 
 # The SDK's own aiohttp session subclass triggers this warning inside aiohttp.
 pytestmark = pytest.mark.filterwarnings(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from emulator import EmulatorSettings, start_emulator
+from gemini_gateway.emulator import EmulatorSettings, start_emulator
 from tests.emulator.conftest import GENERATE, STREAM_ARRAY, STREAM_SSE, Api, parse_sse, user
 
 

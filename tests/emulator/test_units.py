@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.faults import FaultPlan, FaultSyntaxError, parse_fault_list, strip_magic
-from emulator.schema_values import value_for_schema
-from emulator.textgen import answer_text, split_chunks
-from emulator.tokens import count_text, truncate
+from gemini_gateway.emulator.faults import (
+    FaultPlan,
+    FaultSyntaxError,
+    parse_fault_list,
+    strip_magic,
+)
+from gemini_gateway.emulator.schema_values import value_for_schema
+from gemini_gateway.emulator.textgen import answer_text, split_chunks
+from gemini_gateway.emulator.tokens import count_text, truncate
 
 
 def test_token_rule() -> None:

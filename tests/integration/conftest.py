@@ -8,14 +8,14 @@ import aiohttp
 import grpc
 import pytest
 
-from emulator.runner import EmulatorHandle, start_emulator
-from emulator.settings import EmulatorSettings
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.emulator.runner import EmulatorHandle, start_emulator
+from gemini_gateway.emulator.settings import EmulatorSettings
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2_grpc,
     model_service_pb2_grpc,
 )
-from server.app import Gateway, start_gateway
-from server.config import Settings
+from gemini_gateway.server.app import Gateway, start_gateway
+from gemini_gateway.server.config import Settings
 
 
 @pytest.fixture(scope="session")

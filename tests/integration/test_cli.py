@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-CLI = [sys.executable, "-m", "client.cli"]
+CLI = [sys.executable, "-m", "gemini_gateway.cli"]
 
 
 def _free_port() -> int:

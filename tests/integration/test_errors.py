@@ -10,10 +10,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from client.gateway_client import response_text, text_request
-from generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
-from server.app import start_gateway
-from server.config import Settings
+from gemini_gateway.client.gateway_client import response_text, text_request
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
+from gemini_gateway.server.app import start_gateway
+from gemini_gateway.server.config import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -80,7 +80,7 @@ async def test_unknown_model_is_not_found(generative) -> None:
 
 
 async def test_empty_contents_keeps_google_bad_request_details(generative) -> None:
-    from generated.google.ai.generativelanguage.v1beta import generative_service_pb2
+    from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2
 
     exc = await _error(
         generative.GenerateContent(

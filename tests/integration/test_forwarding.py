@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 
-from client.gateway_client import response_text, text_request
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.client.gateway_client import response_text, text_request
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     content_pb2,
     generative_service_pb2,
     model_service_pb2,

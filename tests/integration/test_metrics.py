@@ -8,7 +8,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from client.gateway_client import text_request
+from gemini_gateway.client.gateway_client import text_request
 
 GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
 STREAM = "/google.ai.generativelanguage.v1beta.GenerativeService/StreamGenerateContent"

@@ -9,12 +9,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.gateway_client import text_request
-from emulator.runner import start_emulator
-from emulator.settings import EmulatorSettings
-from generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
-from server.app import start_gateway
-from server.config import Settings
+from gemini_gateway.client.gateway_client import text_request
+from gemini_gateway.emulator.runner import start_emulator
+from gemini_gateway.emulator.settings import EmulatorSettings
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
+from gemini_gateway.server.app import start_gateway
+from gemini_gateway.server.config import Settings
 from tests.integration.conftest import last_upstream_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.gateway_client import GatewayClient, response_text, text_request
-from generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
-from server.app import start_gateway
-from server.config import Settings
+from gemini_gateway.client.gateway_client import GatewayClient, response_text, text_request
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2_grpc
+from gemini_gateway.server.app import start_gateway
+from gemini_gateway.server.config import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -17,19 +17,19 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
-from client.gateway_client import response_text, text_request
-from emulator.runner import EmulatorHandle, start_emulator
-from emulator.settings import EmulatorSettings
-from generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
-from generated.gemini.gateway.v1 import operations_pb2_grpc as watch_pb2_grpc
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.client.gateway_client import response_text, text_request
+from gemini_gateway.emulator.runner import EmulatorHandle, start_emulator
+from gemini_gateway.emulator.settings import EmulatorSettings
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2_grpc as watch_pb2_grpc
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     tuned_model_pb2,
 )
-from server.app import Gateway, start_gateway
-from server.config import Settings
+from gemini_gateway.server.app import Gateway, start_gateway
+from gemini_gateway.server.config import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.gateway_client import GatewayClient, response_text, text_request
-from client.tuning import (
+from gemini_gateway.client.gateway_client import GatewayClient, response_text, text_request
+from gemini_gateway.client.tuning import (
     CreateTunedModelMetadata,
     TunedModel,
     TuningClient,
@@ -24,14 +24,14 @@ from client.tuning import (
     build_tuned_model,
     load_examples,
 )
-from emulator.runner import start_emulator
-from emulator.settings import EmulatorSettings
-from server.app import Gateway, start_gateway
-from server.config import Settings
+from gemini_gateway.emulator.runner import start_emulator
+from gemini_gateway.emulator.settings import EmulatorSettings
+from gemini_gateway.server.app import Gateway, start_gateway
+from gemini_gateway.server.config import Settings
 
 INCREMENT = Path(__file__).resolve().parents[2] / "docs" / "examples" / "increment.jsonl"
 TUNING_SECONDS = 1.0
-CLI = [sys.executable, "-m", "client.cli"]
+CLI = [sys.executable, "-m", "gemini_gateway.cli"]
 
 
 @pytest.fixture(scope="module", params=["aiohttp", "httpx"])

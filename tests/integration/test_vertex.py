@@ -6,17 +6,17 @@ import grpc
 import pytest
 from google.oauth2 import credentials as oauth2
 
-from client.gateway_client import response_text, text_request
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.client.gateway_client import response_text, text_request
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     content_pb2,
     generative_service_pb2,
     generative_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
 )
-from server.app import start_gateway
-from server.config import Settings
-from server.upstream import VertexFlavour
+from gemini_gateway.server.app import start_gateway
+from gemini_gateway.server.config import Settings
+from gemini_gateway.server.upstream import VertexFlavour
 from tests.integration.conftest import last_upstream_request
 
 VERTEX_PATH = (

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from emulator.runner import EmulatorHandle, start_emulator
-from emulator.settings import EmulatorSettings
-from server.app import Gateway, start_gateway
-from server.config import Settings
+from gemini_gateway.emulator.runner import EmulatorHandle, start_emulator
+from gemini_gateway.emulator.settings import EmulatorSettings
+from gemini_gateway.server.app import Gateway, start_gateway
+from gemini_gateway.server.config import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Settings
+from gemini_gateway.server.config import Settings
 
 
 def test_defaults_run_offline_on_the_emulator(

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from server import errors
+from gemini_gateway.server import errors
 
 QUOTA_BODY = {
     "error": {

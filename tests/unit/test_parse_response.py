@@ -5,9 +5,9 @@ import json
 import grpc
 import pytest
 
-from server.app import build_route_table
-from server.errors import UpstreamError
-from server.forwarder import parse_response
+from gemini_gateway.server.app import build_route_table
+from gemini_gateway.server.errors import UpstreamError
+from gemini_gateway.server.forwarder import parse_response
 
 ROUTES = build_route_table()
 GENERATE = ROUTES["/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"]

@@ -5,15 +5,15 @@ from google.api import annotations_pb2, http_pb2
 from google.longrunning import operations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, field_mask_pb2
 
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     content_pb2,
     generative_service_pb2,
     model_service_pb2,
     tuned_model_pb2,
 )
-from server.app import FORWARDED_SERVICES, SERVICE_CONFIG, build_route_table
-from server.operations import WAIT_OPERATION
-from server.routes import RouteTable, RouteTableError, load_service_config_rules
+from gemini_gateway.server.app import FORWARDED_SERVICES, SERVICE_CONFIG, build_route_table
+from gemini_gateway.server.operations import WAIT_OPERATION
+from gemini_gateway.server.routes import RouteTable, RouteTableError, load_service_config_rules
 
 GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
 STREAM = "/google.ai.generativelanguage.v1beta.GenerativeService/StreamGenerateContent"

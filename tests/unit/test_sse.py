@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from server.sse import SseReader
+from gemini_gateway.server.sse import SseReader
 
 EVENTS = [{"n": 1}, {"n": 2, "text": "ünïcode"}, {"n": 3}]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from client.cli_tune import epoch_starts
-from client.tuning import (
+from gemini_gateway.cli.tune import epoch_starts
+from gemini_gateway.client.tuning import (
     DEFAULT_BASE_MODEL,
     TuningExample,
     build_tuned_model,
@@ -15,7 +15,7 @@ from client.tuning import (
     load_examples,
     tuned_model_name,
 )
-from generated.google.ai.generativelanguage.v1beta import tuned_model_pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import tuned_model_pb2
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 GOOD = '{"text_input": "a", "output": "1"}\n'

@@ -4,9 +4,9 @@ import grpc
 import pytest
 from google.oauth2 import credentials as oauth2
 
-from server import errors
-from server.config import Settings
-from server.upstream import GeminiFlavour, VertexFlavour, make_flavour
+from gemini_gateway.server import errors
+from gemini_gateway.server.config import Settings
+from gemini_gateway.server.upstream import GeminiFlavour, VertexFlavour, make_flavour
 
 
 async def test_gemini_flavour_prefers_callers_key_only_in_pass_through() -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from generated.google.ai.generativelanguage.v1beta import (
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     citation_pb2,
     content_pb2,
     generative_service_pb2,

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from generated.gemini.gateway.v1 import operations_pb2 as gemini_dot_gateway_dot_v1_dot_operations__pb2
+from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as gemini_dot_gateway_dot_v1_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

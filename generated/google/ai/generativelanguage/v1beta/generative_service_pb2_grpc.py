@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from generated.google.ai.generativelanguage.v1beta import generative_service_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

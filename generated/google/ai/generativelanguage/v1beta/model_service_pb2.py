@@ -23,8 +23,8 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from generated.google.ai.generativelanguage.v1beta import model_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_model__pb2
-from generated.google.ai.generativelanguage.v1beta import tuned_model_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_tuned__model__pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import model_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_model__pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import tuned_model_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_tuned__model__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2

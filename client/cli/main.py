@@ -12,9 +12,9 @@ from typing import Annotated
 import grpc
 import typer
 
-from client.cli_common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
-from client.cli_tune import tune_app
-from client.gateway_client import (
+from gemini_gateway.cli.common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
+from gemini_gateway.cli.tune import tune_app
+from gemini_gateway.client.gateway_client import (
     DEFAULT_MODEL,
     DEFAULT_TARGET,
     GatewayClient,
@@ -66,8 +66,8 @@ def serve(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
 ) -> None:
     """Start the gateway (default: embedded emulator upstream, no key needed)."""
-    from server.app import serve as serve_gateway
-    from server.config import Settings
+    from gemini_gateway.server.app import serve as serve_gateway
+    from gemini_gateway.server.config import Settings
 
     overrides: dict[str, object] = {
         "host": host,
@@ -115,8 +115,8 @@ def run_emulator(
     fault: Annotated[str | None, typer.Option(help="Fault for every request, e.g. 429.")] = None,
 ) -> None:
     """Run the Gemini REST emulator on its own."""
-    from emulator.runner import run_emulator as run
-    from emulator.settings import EmulatorSettings
+    from gemini_gateway.emulator.runner import run_emulator as run
+    from gemini_gateway.emulator.settings import EmulatorSettings
 
     overrides = {"chunk_count": chunk_count, "chunk_delay_ms": chunk_delay_ms, "fault": fault}
     run(host, port, EmulatorSettings(**{k: v for k, v in overrides.items() if v is not None}))

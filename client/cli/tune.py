@@ -22,9 +22,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from client.cli_common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
-from client.gateway_client import DEFAULT_TARGET, model_name
-from client.tuning import (
+from gemini_gateway.cli.common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
+from gemini_gateway.client.gateway_client import DEFAULT_TARGET, model_name
+from gemini_gateway.client.tuning import (
     DEFAULT_BASE_MODEL,
     CreateTunedModelMetadata,
     TunedModel,
@@ -35,7 +35,7 @@ from client.tuning import (
     load_examples,
     tuned_model_name,
 )
-from generated.google.ai.generativelanguage.v1beta import tuned_model_pb2
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import tuned_model_pb2
 
 tune_app = typer.Typer(
     help="Tune models and manage tuned models through the gateway.", no_args_is_help=True
