@@ -18,15 +18,22 @@ from grpc_reflection.v1alpha import reflection
 
 import gemini_gateway.generated.google.ai.generativelanguage.v1beta as v1beta
 from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
+from gemini_gateway.generated.gemini.gateway.v1 import usage_pb2, usage_pb2_grpc
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
     model_service_pb2,
 )
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.forwarder import Forwarder
+from gemini_gateway.server.identity import CallerDirectory
+from gemini_gateway.server.metering import UsageMetrics
 from gemini_gateway.server.metrics import MetricsInterceptor, serve_metrics
 from gemini_gateway.server.operations import WAIT_OPERATION, LocalOperations
+from gemini_gateway.server.pricing import PriceTable
+from gemini_gateway.server.recorder import Recorder
 from gemini_gateway.server.routes import RouteTable, load_service_config_rules
+from gemini_gateway.server.services.usage import UsageServicer
+from gemini_gateway.server.store import Store, open_store
 from gemini_gateway.server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
 from gemini_gateway.server.validation import VALIDATORS
 
@@ -42,7 +49,10 @@ FORWARDED_SERVICES = (
     operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
 )
 # The gateway's own services, served without an upstream counterpart.
-LOCAL_SERVICES = (watch_pb2.DESCRIPTOR.services_by_name["OperationWatchService"],)
+LOCAL_SERVICES = (
+    watch_pb2.DESCRIPTOR.services_by_name["OperationWatchService"],
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
+)
 # http rules for methods whose .proto has none for v1beta (google.longrunning.Operations).
 SERVICE_CONFIG = Path(next(iter(v1beta.__path__))) / "generativelanguage_v1beta.yaml"
 
@@ -64,6 +74,8 @@ class Gateway:
     port: int
     upstream: UpstreamClient
     health: health.aio.HealthServicer
+    store: Store
+    recorder: Recorder | None
     _emulator: EmulatorHandle | None = field(default=None)
 
     @property
@@ -76,6 +88,9 @@ class Gateway:
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        if self.recorder is not None:
+            await self.recorder.stop()  # flushes what the drained calls recorded
+        await self.store.close()
         await self.upstream.aclose()
         if self._emulator is not None:
             await self._emulator.close()
@@ -103,6 +118,13 @@ async def start_gateway(
     """
     settings = settings or Settings()
     routes = build_route_table()  # a bad http rule stops start-up here
+    callers = CallerDirectory(settings)
+    prices = PriceTable.load(settings.price_table_file)
+    store = await open_store(settings.store_url)  # created and migrated on first start
+    recorder = None
+    if settings.record_usage:
+        recorder = Recorder(store, max_queue=settings.recorder_queue_size)
+        recorder.start()
 
     emulator = None
     emulator_url = None
@@ -126,9 +148,20 @@ async def start_gateway(
             ("grpc.so_reuseport", 0),
         ],
     )
-    forwarder = Forwarder(routes, upstream, VALIDATORS)
+    forwarder = Forwarder(
+        routes,
+        upstream,
+        VALIDATORS,
+        callers=callers,
+        recorder=recorder,
+        usage_metrics=UsageMetrics(settings.metrics_label_keys),
+        strip_labels=settings.strip_labels,
+    )
     server.add_generic_rpc_handlers(forwarder.generic_handlers())
     server.add_generic_rpc_handlers(LocalOperations(forwarder).generic_handlers())
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(store, callers, prices), server
+    )
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -153,7 +186,7 @@ async def start_gateway(
         settings.upstream,
         getattr(upstream.flavour, "base_url", "?"),
     )
-    return Gateway(settings, server, port, upstream, health_servicer, emulator)
+    return Gateway(settings, server, port, upstream, health_servicer, store, recorder, emulator)
 
 
 def _cli_name() -> str:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,32 @@ from pydantic_settings import (
 GEMINI_API_URL = "https://generativelanguage.googleapis.com"
 
 UpstreamKind = Literal["emulator", "gemini", "vertex"]
+DEFAULT_STORE_URL = "sqlite+aiosqlite:///" + str(
+    Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    / "gemini-gateway"
+    / "gateway.db"
+)
+
+
+class CallerConfig(BaseModel):
+    """A caller of a project, known by the SHA-256 of its bearer token."""
+
+    name: str = Field(description="Caller name recorded with its calls (e.g. a service name).")
+    token_sha256: str = Field(
+        description="Hex SHA-256 of the caller's bearer token (`authorization: Bearer ...`)."
+    )
+    default_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to this caller's generate calls."
+    )
+
+
+class ProjectConfig(BaseModel):
+    """A project: the callers that belong to it and the labels its calls carry by default."""
+
+    default_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to the project's generate calls."
+    )
+    callers: list[CallerConfig] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -64,6 +90,38 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     metrics_port: int | None = Field(
         None, description="Serve Prometheus metrics at http://host:port/metrics (off if unset)."
+    )
+    strip_labels: bool = Field(
+        False,
+        description="Do not send `labels` upstream (for endpoints that reject the field); "
+        "they are still validated and recorded.",
+    )
+    default_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels added to every generate call (under project, caller and call labels).",
+    )
+    projects: dict[str, ProjectConfig] = Field(
+        default_factory=dict,
+        description="Projects and their callers; with none, every call is the `default` "
+        "project's, caller `anonymous`.",
+    )
+    store_url: str = Field(
+        DEFAULT_STORE_URL,
+        description="SQLAlchemy URL of the store: SQLite (embedded, created on first start) or "
+        "postgresql+asyncpg://... shared by several gateway replicas.",
+    )
+    record_usage: bool = Field(True, description="Record one usage event per generate call.")
+    recorder_queue_size: int = Field(
+        10_000,
+        description="Events held in memory for the store; beyond it they are dropped "
+        "and counted (gateway_recorder_dropped_events_total).",
+    )
+    price_table_file: Path | None = Field(
+        None, description="TOML price table replacing the shipped one (see docs/usage.md)."
+    )
+    metrics_label_keys: list[str] = Field(
+        default_factory=list,
+        description="Label keys that become Prometheus label dimensions; others never do.",
     )
 
     @classmethod

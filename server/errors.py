@@ -181,8 +181,19 @@ def invalid_argument(message: str, field: str | None = None) -> UpstreamError:
     return bad_request([(field, message)])
 
 
+# Violations listed in one BadRequest: the status message and details travel as gRPC
+# trailers, which clients cap (16 KiB by default); a longer list says how many it left out.
+MAX_VIOLATIONS = 20
+
+
 def bad_request(violations: list[tuple[str, str]]) -> UpstreamError:
-    """INVALID_ARGUMENT listing every (field path, description) in a google.rpc.BadRequest."""
+    """INVALID_ARGUMENT listing each (field path, description) in a google.rpc.BadRequest."""
+    if len(violations) > MAX_VIOLATIONS:
+        left_out = len(violations) - MAX_VIOLATIONS
+        violations = [
+            *violations[:MAX_VIOLATIONS],
+            ("", f"and {left_out} more violations, not listed"),
+        ]
     detail = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=description)

@@ -4,6 +4,11 @@ Unary calls send one JSON request and parse one JSON answer. Server-streaming ca
 `?alt=sse` and write each event to the gRPC client as soon as it is parsed, so chunk N
 reaches the caller before the upstream has produced chunk N+1. Requests of methods with a
 validator are checked first; a bad one never reaches the upstream.
+
+Every call is identified first (identity.CallerDirectory). Generate calls (GenerateContent,
+StreamGenerateContent, on models and tuned models alike) also get their labels merged with
+the caller's defaults and validated as one set, and are metered: one usage event per call,
+handed to the recorder after the call, never inside a stream's loop beyond noting the chunk.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gemini_gateway.server import errors
-from gemini_gateway.server.routes import Route, RouteTable
+from gemini_gateway.server.identity import CallerDirectory, Identity
+from gemini_gateway.server.labels import LabelError, LabelSet
+from gemini_gateway.server.metering import GENERATE_REQUEST, CallMeter, UsageMetrics
+from gemini_gateway.server.recorder import Recorder
+from gemini_gateway.server.routes import HttpCall, Route, RouteTable
 from gemini_gateway.server.sse import SseReader
 from gemini_gateway.server.upstream import UpstreamClient
 
@@ -76,10 +85,19 @@ class Forwarder:
         routes: RouteTable,
         upstream: UpstreamClient,
         validators: Mapping[str, Validator] | None = None,
+        *,
+        callers: CallerDirectory,
+        recorder: Recorder | None = None,
+        usage_metrics: UsageMetrics | None = None,
+        strip_labels: bool = False,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
+        self.callers = callers
         self._validators = dict(validators or {})
+        self._recorder = recorder
+        self._usage_metrics = usage_metrics or UsageMetrics(())
+        self._strip_labels = strip_labels
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = defaultdict(dict)
@@ -114,16 +132,73 @@ class Forwarder:
             if violations:
                 raise errors.bad_request(violations)
 
+    def _prepare(
+        self, route: Route, request: Message, context: grpc.aio.ServicerContext
+    ) -> tuple[HttpCall, CallMeter | None]:
+        """Identify, validate and transcode; a generate call also gets its labels and meter.
+
+        Raises before anything is sent upstream or metered: a bad call costs nothing.
+        """
+        identity = self.callers.identify(context.invocation_metadata() or ())
+        self._check(route, request)
+        if route.method.input_type.full_name != GENERATE_REQUEST:
+            return route.to_http(request), None
+        labels = self._merge_labels(request, identity)
+        call = route.to_http(request)
+        if self._strip_labels and call.body is not None:
+            call.body.pop("labels", None)
+        meter = CallMeter(
+            self._recorder,
+            self._usage_metrics,
+            identity,
+            request,  # type: ignore[arg-type]
+            labels,
+            route.method.name,
+            route.server_streaming,
+        )
+        return call, meter
+
+    @staticmethod
+    def _merge_labels(request: Message, identity: Identity) -> LabelSet:
+        """The call's labels over the caller's defaults, validated as one set."""
+        own = request.labels  # type: ignore[attr-defined]
+        try:
+            labels = LabelSet.merged(identity.default_labels, own)
+        except LabelError as exc:
+            raise errors.bad_request(exc.violations) from None
+        if len(labels) != len(own):
+            own.update(labels.as_dict())  # the defaults travel upstream too
+        return labels
+
     async def call(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
         """Forward one unary call; raises UpstreamError (ValueError for unroutable requests)."""
-        self._check(route, request)
-        call = route.to_http(request)
-        body = await self.upstream.call(
-            call, context.invocation_metadata() or (), context.time_remaining()
-        )
-        return parse_response(route, body)
+        call, meter = self._prepare(route, request, context)
+        return await self._send(route, call, context, meter)
+
+    async def _send(
+        self,
+        route: Route,
+        call: HttpCall,
+        context: grpc.aio.ServicerContext,
+        meter: CallMeter | None,
+    ) -> Message:
+        error: BaseException | None = None
+        try:
+            body = await self.upstream.call(
+                call, context.invocation_metadata() or (), context.time_remaining()
+            )
+            response = parse_response(route, body)
+            if meter is not None:
+                meter.response(response)  # type: ignore[arg-type]
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if meter is not None:
+                meter.finish(error)
 
     async def forward_unary(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
@@ -135,14 +210,27 @@ class Forwarder:
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Message]:
         async with errors.aborting_on_error(context):
-            self._check(route, request)
-            call = route.to_http(request)
-            async with self.upstream.stream(
-                call, context.invocation_metadata() or (), context.time_remaining()
-            ) as chunks:
-                reader = SseReader()
-                async for chunk in chunks:
-                    for payload in reader.feed(chunk):
-                        yield parse_response(route, payload)
-                for payload in reader.close():
-                    yield parse_response(route, payload)
+            call, meter = self._prepare(route, request, context)
+            error: BaseException | None = None
+            try:
+                async with self.upstream.stream(
+                    call, context.invocation_metadata() or (), context.time_remaining()
+                ) as chunks:
+                    reader = SseReader()
+                    async for chunk in chunks:
+                        for payload in reader.feed(chunk):
+                            message = parse_response(route, payload)
+                            if meter is not None:
+                                meter.response(message)  # type: ignore[arg-type]
+                            yield message
+                    for payload in reader.close():
+                        message = parse_response(route, payload)
+                        if meter is not None:
+                            meter.response(message)  # type: ignore[arg-type]
+                        yield message
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if meter is not None:
+                    meter.finish(error)

@@ -49,6 +49,16 @@ def test_full_wheel_holds_server_emulator_and_cli(full_wheel: Path) -> None:
     assert "gemini_gateway/server/app.py" in files
     assert "gemini_gateway/cli/main.py" in files
     assert "gemini_gateway/emulator/app.py" in files
+    # Every module of the server tree ships, with its data files and migrations.
+    server = ROOT / "server"
+    expected = {
+        "gemini_gateway/server/" + str(path.relative_to(server))
+        for path in server.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert expected <= set(files), sorted(expected - set(files))
+    assert "gemini_gateway/server/data/prices.toml" in files
+    assert "gemini_gateway/server/store/migrations/versions/0001_usage.py" in files
 
 
 def _requirements(metadata: str) -> dict[str, str]:

@@ -1,0 +1,306 @@
+"""The recorder: events from finished calls go to a bounded queue and are written in batches.
+
+A call hands its event to `Recorder.record`, which never blocks and never raises: recording
+must not change what the caller sees. One background task drains the queue and writes each
+batch in one transaction per event type. Whatever cannot be kept (queue full, store failing,
+recorder stopped) is counted in `gateway_recorder_dropped_events_total{reason}` and logged at
+most once per `DROP_LOG_INTERVAL_S`, so no event is lost silently.
+
+Event types are plain classes; each has one `BatchWriter` registered for it. Usage events are
+written by `store.usage.write_usage_batch`; other features register theirs the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gemini_gateway.server.store.engine import Store
+from gemini_gateway.server.store.usage import write_usage_batch
+
+log = logging.getLogger(__name__)
+
+DROPPED = Counter(
+    "gateway_recorder_dropped_events",
+    "Events the recorder could not store, by reason: queue_full, store_error, or stopped "
+    "(recorded after stop() or still queued when its timeout ran out).",
+    ["reason"],
+)
+WRITTEN = Counter("gateway_recorder_written_events", "Events written to the store.", ["event"])
+QUEUE_DEPTH = Gauge("gateway_recorder_queue_depth", "Events waiting to be written.")
+
+DROP_LOG_INTERVAL_S = 10.0
+# After a failed write the next attempt waits, doubling up to the cap, while the queue buffers.
+RETRY_DELAY_S = 0.1
+RETRY_DELAY_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """What one GenerateContent / StreamGenerateContent call used.
+
+    `method` is the short RPC name, `status` the gRPC code name ("OK", "RESOURCE_EXHAUSTED"),
+    token counts are usageMetadata's (prompt includes cached), `first_chunk_ms` is set for
+    streams only, `incomplete` marks a call that ended before its last chunk.
+    """
+
+    time: datetime
+    project: str
+    caller: str
+    model: str
+    method: str
+    labels: Mapping[str, str]
+    status: str
+    prompt_tokens: int
+    candidates_tokens: int
+    cached_tokens: int
+    thoughts_tokens: int
+    tool_use_tokens: int
+    total_tokens: int
+    latency_ms: float
+    first_chunk_ms: float | None
+    incomplete: bool
+
+
+BatchWriter = Callable[[AsyncConnection, Sequence[Any]], Awaitable[None]]
+"""Writes a batch of events of one type inside the transaction it is given."""
+
+
+def _describe(exc: BaseException) -> str:
+    # The driver's own message: SQLAlchemy's wrapper would add the statement and its parameters.
+    orig = getattr(exc, "orig", None) or exc
+    text = f"{type(orig).__name__}: {orig}".splitlines()[0]
+    return text[:300]
+
+
+class _DropLog:
+    """Counts drops and logs them at most once per interval, with the count since last time."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
+        self._pending: dict[str, int] = {}
+        self._last_error = ""
+        self._last_log = float("-inf")
+
+    def add(self, reason: str, count: int, error: str = "") -> None:
+        DROPPED.labels(reason).inc(count)
+        self._pending[reason] = self._pending.get(reason, 0) + count
+        if error:
+            self._last_error = error
+        self.maybe_log()
+
+    def maybe_log(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._pending or (not force and now - self._last_log < self._interval):
+            return
+        summary = ", ".join(f"{reason}: {n}" for reason, n in sorted(self._pending.items()))
+        error = f"; last store error: {self._last_error}" if self._last_error else ""
+        log.warning(
+            "recorder dropped %d events since the last report (%s)%s",
+            sum(self._pending.values()),
+            summary,
+            error,
+        )
+        self._pending.clear()
+        self._last_error = ""
+        self._last_log = now
+
+
+class Recorder:
+    """Bounded queue -> batched writes to the store, by one background task."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        write_timeout_s: float = 30.0,
+        drop_log_interval_s: float = DROP_LOG_INTERVAL_S,
+        writers: Mapping[type, BatchWriter] | None = None,
+    ) -> None:
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError("max_queue and batch_size must be positive")
+        self._store = store
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_queue)
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval_s
+        self._write_timeout = write_timeout_s
+        self._writers: dict[type, BatchWriter] = (
+            {UsageEvent: write_usage_batch} if writers is None else dict(writers)
+        )
+        self._drops = _DropLog(drop_log_interval_s)
+        # Set when a full batch waits, or when flush()/stop() want the writer to go now.
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._flushing = 0
+        self._in_flight = 0
+        self._failures = 0
+
+    def register(self, event_type: type, writer: BatchWriter) -> None:
+        """Write events of exactly `event_type` with `writer`."""
+        self._writers[event_type] = writer
+
+    def record(self, event: Any) -> None:
+        """Queue `event` for writing; never blocks, never raises (a drop is counted)."""
+        try:
+            if self._stopped:
+                self._drops.add("stopped", 1)
+                return
+            try:
+                self._queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._drops.add("queue_full", 1)
+                return
+            QUEUE_DEPTH.inc()
+            if self._queue.qsize() >= self._batch_size:
+                self._wake.set()
+        except Exception:  # recording must never fail the call
+            log.exception("recorder could not queue an event")
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the writer task on the running loop (does nothing if it runs already)."""
+        if self._task is None or self._task.done():
+            self._stopped = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
+
+    async def flush(self) -> None:
+        """Wait until every event queued so far is written (or counted as dropped)."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the recorder is not running: call start() first")
+        self._flushing += 1
+        self._wake.set()
+        try:
+            await self._queue.join()
+        finally:
+            self._flushing -= 1
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting events, write what is queued (for up to `timeout`), end the task.
+
+        Events still unwritten when the timeout runs out are counted as dropped ("stopped").
+        """
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            self._wake.set()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._queue.join()
+            except TimeoutError:
+                log.warning(
+                    "recorder stop: %d events not written within %.1f s",
+                    self._queue.qsize() + self._in_flight,
+                    timeout,
+                )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._drop_queued()
+        self._drops.maybe_log(force=True)
+
+    def _drop_queued(self) -> None:
+        lost = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self._queue.task_done()
+            QUEUE_DEPTH.dec()
+            lost += 1
+        if lost:
+            self._drops.add("stopped", lost)
+
+    def _hurry(self) -> bool:
+        return self._stopped or self._flushing > 0
+
+    async def _next_batch(self) -> list[Any]:
+        batch = [await self._queue.get()]
+        self._take(batch)
+        if len(batch) < self._batch_size:
+            # Let the batch fill for up to flush_interval, unless a full batch is waiting or a
+            # flush/stop wants it now.
+            self._wake.clear()
+            if not self._hurry() and self._queue.qsize() < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._wake.wait()
+            self._take(batch)
+        return batch
+
+    def _take(self, batch: list[Any]) -> None:
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            QUEUE_DEPTH.dec(len(batch))
+            self._in_flight = len(batch)
+            try:
+                ok = await self._write(batch)
+            except asyncio.CancelledError:
+                if self._in_flight:
+                    self._drops.add("stopped", self._in_flight)
+                raise
+            finally:
+                self._in_flight = 0
+                for _ in batch:
+                    self._queue.task_done()
+            self._drops.maybe_log()
+            if ok:
+                self._failures = 0
+            else:
+                self._failures += 1
+                await self._back_off()
+
+    async def _back_off(self) -> None:
+        # While the store is failing, let the queue buffer instead of failing every batch at
+        # once; flush() and stop() cut the wait short.
+        delay = min(RETRY_DELAY_S * 2 ** (self._failures - 1), RETRY_DELAY_MAX_S)
+        self._wake.clear()
+        if self._hurry():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    async def _write(self, batch: list[Any]) -> bool:
+        """Write `batch`, one transaction per event type; False if any part was dropped."""
+        by_type: dict[type, list[Any]] = {}
+        for event in batch:
+            by_type.setdefault(type(event), []).append(event)
+        ok = True
+        for event_type, events in by_type.items():
+            writer = self._writers.get(event_type)
+            try:
+                if writer is None:
+                    raise TypeError(f"no writer registered for {event_type.__name__}")
+                async with asyncio.timeout(self._write_timeout), self._store.begin() as conn:
+                    await writer(conn, events)
+            except Exception as exc:
+                ok = False
+                self._drops.add("store_error", len(events), _describe(exc))
+            else:
+                WRITTEN.labels(event_type.__name__).inc(len(events))
+            self._in_flight -= len(events)
+        return ok
