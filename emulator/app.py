@@ -14,6 +14,7 @@ from gemini_gateway.emulator.embeddings import batch_embed_contents, embed_conte
 from gemini_gateway.emulator.errors import ApiError
 from gemini_gateway.emulator.generate import count_tokens, generate_content, stream_generate_content
 from gemini_gateway.emulator.injection import fault_middleware
+from gemini_gateway.emulator.labels import enforcing_labels
 from gemini_gateway.emulator.recorder import RECORDER_KEY, Recorder, recording_middleware
 from gemini_gateway.emulator.settings import SETTINGS_KEY, EmulatorSettings
 from gemini_gateway.emulator.tuning import TUNING_KEY, TuningStore
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 VERSION = "/{version:v1beta|v1}"
 MODEL = VERSION + "/models/{model:[^/:]+}"
 ANY_MODEL = VERSION + "/{collection:models|tunedModels}/{model:[^/:]+}"
-# Vertex AI's publisher-model paths take the same JSON bodies.
+# Vertex AI's publisher-model paths take the same JSON bodies; its generate calls also
+# check labels, which the Gemini API takes unchecked.
 VERTEX_MODEL = (
     "/{version:v1|v1beta1}/projects/{project:[^/]+}/locations/{location:[^/]+}"
     "/publishers/google/models/{model:[^/:]+}"
@@ -69,8 +71,10 @@ def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     app.router.add_post(MODEL + ":countTokens", count_tokens)
     app.router.add_post(MODEL + ":embedContent", embed_content)
     app.router.add_post(MODEL + ":batchEmbedContents", batch_embed_contents)
-    app.router.add_post(VERTEX_MODEL + ":generateContent", generate_content)
-    app.router.add_post(VERTEX_MODEL + ":streamGenerateContent", stream_generate_content)
+    app.router.add_post(VERTEX_MODEL + ":generateContent", enforcing_labels(generate_content))
+    app.router.add_post(
+        VERTEX_MODEL + ":streamGenerateContent", enforcing_labels(stream_generate_content)
+    )
     app.router.add_post(VERTEX_MODEL + ":countTokens", count_tokens)
     tuning.add_routes(app)
     batches.add_routes(app)

@@ -65,6 +65,8 @@ class Recorder:
                 "query": dict(request.query),
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "body": body,
+                # The labels as received (JSON value of the body's `labels`), checked or not.
+                "labels": body.get("labels") if isinstance(body, dict) else None,
                 "started_at": time.time(),
             }
         )

@@ -4,13 +4,17 @@ Built once at start-up from the method descriptors of the forwarded services and
 validated the way grpc-gateway validates its rules; any bad, missing or duplicate rule
 stops start-up with a RouteTableError naming the method. Path templates are expanded
 and checked with google-api-core's `path_template`.
+
+An upstream that serves part of the API under other paths (Vertex AI) gets its own rules
+from a service-config file (`UpstreamRules`), validated the same way; their templates may
+also name upstream variables, values the upstream supplies itself (a project, a location).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,8 +22,9 @@ from urllib.parse import quote
 import yaml
 from google.api import annotations_pb2, http_pb2, service_pb2
 from google.api_core import path_template
-from google.protobuf import json_format, message_factory
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
 _VERBS = ("get", "put", "post", "delete", "patch")
@@ -39,6 +44,7 @@ class HttpBinding:
     body: str  # "" (no body), "*" (all fields not in the path) or a top-level field name
     variables: tuple[str, ...]  # dotted proto field paths bound in the template
     json_paths: tuple[tuple[str, ...], ...]  # the same paths in JSON names, to strip them
+    upstream_variables: tuple[str, ...] = ()  # template variables the upstream fills in
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class HttpCall:
     path: str
     query: list[tuple[str, str]]
     body: dict[str, Any] | None
+    # The method (its selector) and the message this call was transcoded from, so that an
+    # upstream with paths of its own can place the same call there (UpstreamRules).
+    selector: str = ""
+    request: Message | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class Route:
         for binding in self.bindings:
             call = _transcode(binding, request)
             if call is not None:
-                return call
+                return replace(call, selector=self.method.full_name, request=request)
         raise ValueError(_no_binding_message(self, request))
 
 
@@ -142,6 +152,90 @@ def load_service_config_rules(path: Path) -> dict[str, http_pb2.HttpRule]:
     return rules
 
 
+class UpstreamRules:
+    """Paths of an upstream that serves some forwarded methods elsewhere, by selector.
+
+    Read from a google.api.Service file whose http rules name the gateway's methods (Vertex
+    AI serves GenerateContent under projects/*/locations/*/publishers/google/models/*). A
+    rule gives the verb and path; the query and body stay those the method's own rule
+    produced, so each binding must carry the same request fields in its path, and the same
+    body, as the method's own google.api.http rule (checked at load). Template variables
+    that are not request fields must be upstream variables, filled in per call.
+    """
+
+    def __init__(self, bindings: Mapping[str, tuple[HttpBinding, ...]]) -> None:
+        self._bindings = dict(bindings)
+        seen: dict[tuple[str, str], str] = {}
+        for selector, group in self._bindings.items():
+            for binding in group:
+                key = (binding.verb, binding.template)
+                if key in seen and seen[key] != selector:
+                    raise RouteTableError(
+                        f"{selector}: {binding.verb.upper()} {binding.template} "
+                        f"is already bound to {seen[key]}"
+                    )
+                seen[key] = selector
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        upstream_variables: Iterable[str],
+        pool: DescriptorPool | None = None,
+    ) -> UpstreamRules:
+        """Read and validate the rules of `path`; any bad rule raises RouteTableError.
+
+        Selectors are looked up in `pool` (default: the process's), so the modules that
+        define the methods must be imported first.
+        """
+        pool = pool or descriptor_pool.Default()
+        variables = frozenset(upstream_variables)
+        bindings = {}
+        for selector, rule in load_service_config_rules(path).items():
+            name = f"{path.name}: {selector}"
+            try:
+                method = pool.FindMethodByName(selector)
+            except KeyError:
+                raise RouteTableError(f"{name}: the rule names no known method") from None
+            group = _bindings(name, method.input_type, rule, variables)
+            _check_same_json(name, method, group)
+            bindings[selector] = group
+        return cls(bindings)
+
+    def __contains__(self, selector: object) -> bool:
+        return selector in self._bindings
+
+    @property
+    def selectors(self) -> tuple[str, ...]:
+        return tuple(sorted(self._bindings))
+
+    def accepts(self, selector: str) -> str:
+        """What the method's request must hold here, e.g. "model matching models/*"."""
+        return " or ".join(
+            ", ".join(
+                f"{var} matching {pattern}"
+                for var, pattern in _patterns(binding)
+                if var not in binding.upstream_variables
+            )
+            or binding.template
+            for binding in self._bindings[selector]
+        )
+
+    def to_http(self, call: HttpCall, values: Mapping[str, str]) -> HttpCall | None:
+        """`call` moved to this upstream's path, or None when its request fits no binding.
+
+        `values` fills the upstream variables. Raises KeyError when the call's method has no
+        rule here (or the call does not say which request it came from).
+        """
+        if call.request is None:
+            raise KeyError(call.selector)
+        for binding in self._bindings[call.selector]:
+            path = _expand(binding, call.request, values)
+            if path is not None:
+                return replace(call, verb=binding.verb, path=path)
+        return None
+
+
 def route_for_method(method: MethodDescriptor, rule: http_pb2.HttpRule | None = None) -> Route:
     """The route of one method: its service-config rule if given, else its annotation."""
     name = f"/{method.containing_service.full_name}/{method.name}"
@@ -150,11 +244,7 @@ def route_for_method(method: MethodDescriptor, rule: http_pb2.HttpRule | None = 
         if not options.HasExtension(annotations_pb2.http):
             raise RouteTableError(f"{name}: no google.api.http rule")
         rule = options.Extensions[annotations_pb2.http]
-    bindings = [_binding(name, method.input_type, rule)]
-    for extra in rule.additional_bindings:
-        if extra.additional_bindings:
-            raise RouteTableError(f"{name}: additional_bindings must not nest")
-        bindings.append(_binding(name, method.input_type, extra))
+    bindings = _bindings(name, method.input_type, rule)
     if method.client_streaming:
         raise RouteTableError(f"{name}: client streaming cannot be forwarded to REST")
     return Route(
@@ -162,12 +252,55 @@ def route_for_method(method: MethodDescriptor, rule: http_pb2.HttpRule | None = 
         method=method,
         request_class=message_factory.GetMessageClass(method.input_type),
         response_class=message_factory.GetMessageClass(method.output_type),
-        bindings=tuple(bindings),
+        bindings=bindings,
         server_streaming=method.server_streaming,
     )
 
 
-def _binding(name: str, request: Descriptor, rule: http_pb2.HttpRule) -> HttpBinding:
+def _bindings(
+    name: str,
+    request: Descriptor,
+    rule: http_pb2.HttpRule,
+    upstream_variables: frozenset[str] = frozenset(),
+) -> tuple[HttpBinding, ...]:
+    """A rule and its additional bindings, in order."""
+    bindings = [_binding(name, request, rule, upstream_variables)]
+    for extra in rule.additional_bindings:
+        if extra.additional_bindings:
+            raise RouteTableError(f"{name}: additional_bindings must not nest")
+        bindings.append(_binding(name, request, extra, upstream_variables))
+    return tuple(bindings)
+
+
+def _check_same_json(
+    name: str, method: MethodDescriptor, bindings: tuple[HttpBinding, ...]
+) -> None:
+    """An upstream rule must leave the same fields to the query and body as the method's own
+    rule, since the call keeps the query and body that rule produced."""
+    options = method.GetOptions()
+    if not options.HasExtension(annotations_pb2.http):
+        raise RouteTableError(f"{name}: the method has no google.api.http rule to follow")
+    own = _bindings(name, method.input_type, options.Extensions[annotations_pb2.http])
+    expected = {(frozenset(b.variables), b.body) for b in own}
+    for binding in bindings:
+        if {(frozenset(binding.variables), binding.body)} != expected:
+            fields = ", ".join(sorted(binding.variables)) or "no field"
+            wanted = " / ".join(
+                f"{', '.join(sorted(variables)) or 'no field'} with body {body!r}"
+                for variables, body in sorted(expected, key=repr)
+            )
+            raise RouteTableError(
+                f"{name}: {binding.verb.upper()} {binding.template} binds {fields} with body "
+                f"{binding.body!r}; the method's own rule binds {wanted}"
+            )
+
+
+def _binding(
+    name: str,
+    request: Descriptor,
+    rule: http_pb2.HttpRule,
+    upstream_variables: frozenset[str] = frozenset(),
+) -> HttpBinding:
     pattern = rule.WhichOneof("pattern")
     if pattern is None or pattern == "custom":
         raise RouteTableError(f"{name}: the http rule names no standard verb")
@@ -180,12 +313,27 @@ def _binding(name: str, request: Descriptor, rule: http_pb2.HttpRule) -> HttpBin
         raise RouteTableError(f"{name}: {pattern.upper()} {template} must not have a body")
     if rule.body and rule.body != "*" and rule.body not in request.fields_by_name:
         raise RouteTableError(f"{name}: body field {rule.body!r} is not a field of {request.name}")
-    variables = tuple(match.group(1) for match in _VARIABLE.finditer(template))
-    json_paths = tuple(_json_path(name, request, variable) for variable in variables)
-    return HttpBinding(pattern, template, rule.body, variables, json_paths)
+    names = [match.group(1) for match in _VARIABLE.finditer(template)]
+    if len(names) != template.count("{"):
+        raise RouteTableError(f"{name}: malformed path variable in {template!r}")
+    if len(set(names)) != len(names):
+        raise RouteTableError(f"{name}: a variable appears twice in {template!r}")
+    from_upstream = tuple(var for var in names if var in upstream_variables)
+    for var in from_upstream:
+        if var in request.fields_by_name:
+            raise RouteTableError(
+                f"{name}: {var!r} is both an upstream variable and a field of {request.name}"
+            )
+    variables = tuple(var for var in names if var not in upstream_variables)
+    json_paths = tuple(
+        _json_path(name, request, variable, upstream_variables) for variable in variables
+    )
+    return HttpBinding(pattern, template, rule.body, variables, json_paths, from_upstream)
 
 
-def _json_path(name: str, request: Descriptor, dotted: str) -> tuple[str, ...]:
+def _json_path(
+    name: str, request: Descriptor, dotted: str, upstream_variables: frozenset[str]
+) -> tuple[str, ...]:
     """Check a path variable names a singular string field; return its JSON-name path."""
     descriptor: Descriptor | None = request
     path = []
@@ -193,7 +341,9 @@ def _json_path(name: str, request: Descriptor, dotted: str) -> tuple[str, ...]:
     for index, part in enumerate(parts):
         field_descriptor = descriptor.fields_by_name.get(part) if descriptor else None
         if field_descriptor is None:
-            raise RouteTableError(f"{name}: path variable {dotted!r} is not a request field")
+            known = ", ".join(sorted(upstream_variables))
+            also = f" nor an upstream variable ({known})" if known else ""
+            raise RouteTableError(f"{name}: path variable {dotted!r} is not a request field{also}")
         if field_descriptor.is_repeated:
             raise RouteTableError(f"{name}: path variable {dotted!r} must not be repeated")
         last = index == len(parts) - 1
@@ -213,14 +363,26 @@ def _field_value(request: Message, dotted: str) -> str:
     return value
 
 
-def _transcode(binding: HttpBinding, request: Message) -> HttpCall | None:
+def _expand(
+    binding: HttpBinding, request: Message, upstream_values: Mapping[str, str] | None = None
+) -> str | None:
+    """The binding's path for `request`, or None when a path field is empty or does not fit."""
     values = {var: _field_value(request, var) for var in binding.variables}
     if not all(values.values()):
         return None
-    path = path_template.expand(
-        binding.template, **{var: quote(value, safe="/") for var, value in values.items()}
-    )
+    quoted = {var: quote(value, safe="/") for var, value in values.items()}
+    for var in binding.upstream_variables:
+        # One path segment each: a '/' in a project id must not reach another segment.
+        quoted[var] = quote((upstream_values or {})[var], safe="")
+    path = path_template.expand(binding.template, **quoted)
     if not path_template.validate(binding.template, path):
+        return None
+    return path
+
+
+def _transcode(binding: HttpBinding, request: Message) -> HttpCall | None:
+    path = _expand(binding, request)
+    if path is None:
         return None
     fields = json_format.MessageToDict(request)
     for json_path in binding.json_paths:

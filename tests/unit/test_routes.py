@@ -12,8 +12,14 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     tuned_model_pb2,
 )
 from gemini_gateway.server.app import FORWARDED_SERVICES, SERVICE_CONFIG, build_route_table
+from gemini_gateway.server.flavours import load_vertex_rules
 from gemini_gateway.server.operations import WAIT_OPERATION
-from gemini_gateway.server.routes import RouteTable, RouteTableError, load_service_config_rules
+from gemini_gateway.server.routes import (
+    RouteTable,
+    RouteTableError,
+    UpstreamRules,
+    load_service_config_rules,
+)
 
 GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
 STREAM = "/google.ai.generativelanguage.v1beta.GenerativeService/StreamGenerateContent"
@@ -123,6 +129,8 @@ STRING, INT = (
         (http_pb2.HttpRule(post="/v1/x", body="missing"), {"name": STRING}, "body field 'missing'"),
         (http_pb2.HttpRule(get="v1/x"), {"name": STRING}, "must start with '/'"),
         (http_pb2.HttpRule(get="/v1/{name=x/*"), {"name": STRING}, "unbalanced"),
+        (http_pb2.HttpRule(get="/v1/{a{name}}"), {"name": STRING}, "malformed path variable"),
+        (http_pb2.HttpRule(get="/v1/{name}/{name}"), {"name": STRING}, "appears twice"),
         (
             http_pb2.HttpRule(
                 get="/v1/a",
@@ -207,3 +215,138 @@ def test_method_without_rule_and_not_served_locally_stops_start_up() -> None:
         RouteTable.from_services(
             FORWARDED_SERVICES[2:], config_rules=load_service_config_rules(SERVICE_CONFIG)
         )
+
+
+# --- upstream rules (Vertex AI's paths) ---------------------------------------------------
+
+SERVICE = "google.ai.generativelanguage.v1beta.GenerativeService"
+VERTEX_MODELS = "/v1/projects/{project}/locations/{location}/publishers/google/{model=models/*}"
+VALUES = {"project": "my-proj", "location": "europe-west4"}
+
+
+def _vertex_config(tmp_path, *rules: tuple[str, str, str, str]) -> object:
+    """A service-config file with one http rule per (method, verb, template, body)."""
+    lines = ["type: google.api.Service", "http:", "  rules:"]
+    for method, verb, template, body in rules:
+        lines += [f"    - selector: {SERVICE}.{method}", f'      {verb}: "{template}"']
+        if body:
+            lines.append(f'      body: "{body}"')
+    config = tmp_path / "vertex.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def test_shipped_vertex_rules_place_calls_on_publisher_model_paths(table: RouteTable) -> None:
+    rules = load_vertex_rules()
+    assert rules.selectors == tuple(
+        f"{SERVICE}.{name}" for name in ("CountTokens", "GenerateContent", "StreamGenerateContent")
+    )
+    call = table[STREAM].to_http(_request("models/gemini-2.5-flash"))
+    vertex = rules.to_http(call, VALUES)
+    assert vertex is not None
+    assert (vertex.verb, vertex.path) == (
+        "post",
+        "/v1/projects/my-proj/locations/europe-west4/publishers/google/models/"
+        "gemini-2.5-flash:streamGenerateContent",
+    )
+    # Same JSON on both APIs: the body the method's own rule produced, labels included.
+    assert (vertex.body, vertex.query) == (call.body, call.query)
+    assert vertex.body["labels"] == {"team": "search"}
+    assert rules.to_http(table[GENERATE].to_http(_request("tunedModels/inc-1")), VALUES) is None
+    assert rules.accepts(f"{SERVICE}.GenerateContent") == "model matching models/*"
+
+
+def test_upstream_values_stay_in_their_segment(table: RouteTable) -> None:
+    rules = load_vertex_rules()
+    call = table[GENERATE].to_http(_request("models/m"))
+    odd = rules.to_http(call, {"project": "a/b", "location": "global"})
+    assert odd is not None
+    assert odd.path.startswith("/v1/projects/a%2Fb/locations/global/")
+    assert rules.to_http(call, {"project": "", "location": "global"}) is None
+
+
+def test_call_of_a_method_without_upstream_rule_is_a_key_error(table: RouteTable) -> None:
+    listing = table["/google.ai.generativelanguage.v1beta.ModelService/ListModels"]
+    call = listing.to_http(model_service_pb2.ListModelsRequest())
+    assert call.selector == "google.ai.generativelanguage.v1beta.ModelService.ListModels"
+    rules = load_vertex_rules()
+    assert call.selector not in rules
+    with pytest.raises(KeyError):
+        rules.to_http(call, VALUES)
+
+
+def test_good_upstream_rules_file(tmp_path) -> None:
+    config = _vertex_config(
+        tmp_path,
+        ("GenerateContent", "post", VERTEX_MODELS + ":generateContent", "*"),
+        ("CountTokens", "post", VERTEX_MODELS + ":countTokens", "*"),
+    )
+    rules = UpstreamRules.load(config, ("project", "location"))
+    assert rules.selectors == (f"{SERVICE}.CountTokens", f"{SERVICE}.GenerateContent")
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            [("GenerateContent", "post", "/v1/projects/{projekt}/{model=models/*}:g", "*")],
+            r"vertex\.yaml: .*GenerateContent: path variable 'projekt' is not a request field "
+            r"nor an upstream variable \(location, project\)",
+        ),
+        (
+            [("GenerateContent", "post", "/v1/{project}/{model=models/*:g", "*")],
+            r"GenerateContent: unbalanced braces",
+        ),
+        (
+            [("GenerateContent", "post", "/v1/{project}/{a{model}}:g", "*")],
+            r"GenerateContent: malformed path variable",
+        ),
+        (
+            [("GenerateContent", "post", "v1/{project}/{model=models/*}:g", "*")],
+            r"GenerateContent: path template .* must start with '/'",
+        ),
+        (
+            [("GenerateContent", "get", "/v1/{project}/{model=models/*}:g", "*")],
+            r"GenerateContent: GET .* must not have a body",
+        ),
+        (
+            [("Nope", "post", "/v1/{project}/{model=models/*}:g", "*")],
+            r"GenerativeService\.Nope: the rule names no known method",
+        ),
+        (
+            [("GenerateContent", "post", "/v1/{project}:g", "*")],
+            r"GenerateContent: POST /v1/\{project\}:g binds no field with body '\*'; "
+            r"the method's own rule binds model with body '\*'",
+        ),
+        (
+            [("GenerateContent", "post", "/v1/{project}/{model=models/*}:g", "")],
+            r"GenerateContent: .* binds model with body ''; the method's own rule binds model",
+        ),
+        (
+            [
+                ("GenerateContent", "post", VERTEX_MODELS + ":generateContent", "*"),
+                ("GenerateContent", "post", VERTEX_MODELS + ":other", "*"),
+            ],
+            r"vertex\.yaml: two http rules for .*GenerativeService\.GenerateContent",
+        ),
+        (
+            [
+                ("GenerateContent", "post", VERTEX_MODELS + ":generateContent", "*"),
+                ("StreamGenerateContent", "post", VERTEX_MODELS + ":generateContent", "*"),
+            ],
+            r"StreamGenerateContent: POST .*:generateContent is already bound to "
+            r".*GenerativeService\.GenerateContent",
+        ),
+    ],
+)
+def test_bad_upstream_rules_stop_start_up(tmp_path, rules: list, message: str) -> None:
+    with pytest.raises(RouteTableError, match=message):
+        UpstreamRules.load(_vertex_config(tmp_path, *rules), ("project", "location"))
+
+
+def test_upstream_variable_must_not_shadow_a_request_field(tmp_path) -> None:
+    config = _vertex_config(
+        tmp_path, ("GenerateContent", "post", "/v1/{model}/{project}:generateContent", "*")
+    )
+    with pytest.raises(RouteTableError, match="'model' is both an upstream variable and a field"):
+        UpstreamRules.load(config, ("project", "model"))
