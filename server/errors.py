@@ -181,19 +181,25 @@ def invalid_argument(message: str, field: str | None = None) -> UpstreamError:
     return bad_request([(field, message)])
 
 
-# Violations listed in one BadRequest: the status message and details travel as gRPC
-# trailers, which clients cap (16 KiB by default); a longer list says how many it left out.
-MAX_VIOLATIONS = 20
+# The status message and the BadRequest both travel as gRPC trailers, which clients refuse
+# past 8 KiB (soft) / 16 KiB (hard) by default, and the message is percent-encoded (a
+# non-ASCII UTF-8 byte takes three): a long list keeps whole violations while they fit in
+# this many UTF-8 bytes, then says how many it left out.
+MAX_VIOLATIONS_BYTES = 1500
 
 
 def bad_request(violations: list[tuple[str, str]]) -> UpstreamError:
     """INVALID_ARGUMENT listing each (field path, description) in a google.rpc.BadRequest."""
-    if len(violations) > MAX_VIOLATIONS:
-        left_out = len(violations) - MAX_VIOLATIONS
-        violations = [
-            *violations[:MAX_VIOLATIONS],
-            ("", f"and {left_out} more violations, not listed"),
-        ]
+    kept: list[tuple[str, str]] = []
+    size = 0
+    for field, description in violations:
+        size += len(field.encode()) + len(description.encode()) + 4
+        if kept and size > MAX_VIOLATIONS_BYTES:
+            break
+        kept.append((field, description))
+    if len(kept) < len(violations):
+        kept.append(("", f"and {len(violations) - len(kept)} more violations, not listed"))
+    violations = kept
     detail = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
