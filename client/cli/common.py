@@ -16,9 +16,26 @@ TargetOpt = Annotated[str, typer.Option(envvar="GEMINI_GATEWAY_TARGET", help="Ga
 KeyOpt = Annotated[
     str | None, typer.Option(envvar="GEMINI_API_KEY", help="Sent as x-goog-api-key.")
 ]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="GEMINI_GATEWAY_TOKEN", help="Caller token, sent as `authorization: Bearer`."
+    ),
+]
+
+# Exit status of a command refused before anything is sent (click's usage-error status).
+USAGE_ERROR = 2
 
 
 def rpc_error_exit(exc: grpc.aio.AioRpcError) -> typer.Exit:
     """Print a failed call's status and message (escaped: messages hold brackets)."""
-    err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
+    # soft_wrap: a long message stays one line rather than being cut at the terminal width.
+    message = f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}"
+    err_console.print(message, soft_wrap=True)
     return typer.Exit(1)
+
+
+def usage_error(message: str) -> typer.Exit:
+    """Print one `error: ...` line for input refused before any call; exit status 2."""
+    err_console.print(f"[red]error[/red]: {escape(message)}", soft_wrap=True)
+    return typer.Exit(USAGE_ERROR)

@@ -12,8 +12,16 @@ from typing import Annotated
 import grpc
 import typer
 
-from gemini_gateway.cli.common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
+from gemini_gateway.cli.common import (
+    KeyOpt,
+    TargetOpt,
+    console,
+    err_console,
+    rpc_error_exit,
+    usage_error,
+)
 from gemini_gateway.cli.tune import tune_app
+from gemini_gateway.cli.usage import usage_app
 from gemini_gateway.client.gateway_client import (
     DEFAULT_MODEL,
     DEFAULT_TARGET,
@@ -21,11 +29,13 @@ from gemini_gateway.client.gateway_client import (
     response_text,
     text_request,
 )
+from gemini_gateway.server.labels import SHOWN_CHARS, parse_label_arg, parse_label_args
 
 app = typer.Typer(
     help="Gemini gRPC gateway: serve Google's Gemini API over gRPC.", no_args_is_help=True
 )
 app.add_typer(tune_app, name="tune")
+app.add_typer(usage_app, name="usage")
 
 
 def _run(coro: object) -> None:
@@ -123,13 +133,27 @@ def run_emulator(
 
 
 def _labels(values: list[str] | None) -> dict[str, str]:
-    labels = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"label {item!r} is not key=value")
-        labels[key] = value
-    return labels
+    """The `--label key=value` options as a dict, checked against the gateway's label rules.
+
+    Refused here, a bad label costs no round trip and the message names the option given.
+    """
+    texts = values or []
+    for text in texts:
+        try:
+            parse_label_arg(text)
+        except ValueError as exc:
+            shown = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+            raise usage_error(f"--label {shown!r}: {str(exc).removeprefix('label ')}") from None
+    try:
+        return parse_label_args(texts).as_dict()
+    except ValueError as exc:
+        raise usage_error(f"--label: {exc}") from None
+
+
+def _prompt(text: str) -> str:
+    if not text.strip():
+        raise usage_error("the prompt is empty: give the text to send")
+    return text
 
 
 ModelOpt = Annotated[str, typer.Option(help="Model name.")]
@@ -145,10 +169,11 @@ def generate(
     api_key: KeyOpt = None,
 ) -> None:
     """Call GenerateContent on a running gateway and print the answer."""
+    request = text_request(model, _prompt(prompt), _labels(label))
 
     async def main() -> None:
         async with GatewayClient(target, api_key=api_key) as client:
-            response = await client.generate(text_request(model, prompt, _labels(label)))
+            response = await client.generate(request)
             console.print(response_text(response))
             usage = response.usage_metadata
             err_console.print(
@@ -168,12 +193,13 @@ def stream(
     api_key: KeyOpt = None,
 ) -> None:
     """Call StreamGenerateContent and print each chunk as it arrives."""
+    request = text_request(model, _prompt(prompt), _labels(label))
 
     async def main() -> None:
         start = time.perf_counter()
         async with GatewayClient(target, api_key=api_key) as client:
             count = 0
-            async for chunk in client.stream(text_request(model, prompt, _labels(label))):
+            async for chunk in client.stream(request):
                 count += 1
                 sys.stdout.write(response_text(chunk))
                 sys.stdout.flush()

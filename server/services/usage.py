@@ -117,7 +117,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                     page_token=request.page_token,
                 )
             except FilterError as exc:
-                raise errors.invalid_argument(str(exc), field="filter") from None
+                # FilterError's text already starts with "filter: ".
+                message = str(exc).removeprefix("filter: ")
+                raise errors.invalid_argument(message, field="filter") from None
             except UsageQueryError as exc:
                 raise errors.invalid_argument(str(exc)) from None
             response = usage_pb2.QueryUsageResponse(next_page_token=page.next_page_token)
