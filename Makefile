@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 BUF ?= node_modules/.bin/buf
 
-.PHONY: venv setup generate check-generated lint typecheck format test bench serve
+.PHONY: venv setup generate check-generated check-migrations lint typecheck format test bench serve
 
 venv:             ## virtualenv with the package and its dev tools
 	test -x $(PY) || python3 -m venv .venv
@@ -35,7 +35,10 @@ format:
 	$(PY) -m ruff check --fix .
 	$(BUF) format -w protos
 
-test: setup check-generated lint  ## everything CI checks
+check-migrations:  ## fail when the store's models and its Alembic migrations differ
+	$(PY) -m gemini_gateway.server.store check
+
+test: setup check-generated lint check-migrations  ## everything CI checks
 	$(PY) -m pytest -q
 
 bench: venv      ## benchmark table: gateway vs direct REST (not part of `make test`)
