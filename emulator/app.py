@@ -11,7 +11,7 @@ from gemini_gateway.emulator import batches, recorder, tuning
 from gemini_gateway.emulator.auth import api_key_middleware
 from gemini_gateway.emulator.catalog import get_model, list_models
 from gemini_gateway.emulator.embeddings import batch_embed_contents, embed_content
-from gemini_gateway.emulator.errors import ApiError
+from gemini_gateway.emulator.errors import ApiError, method_not_allowed, unknown_url
 from gemini_gateway.emulator.generate import count_tokens, generate_content, stream_generate_content
 from gemini_gateway.emulator.injection import fault_middleware
 from gemini_gateway.emulator.labels import enforcing_labels
@@ -39,11 +39,18 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Render ApiError, and any bug, as a Google error body."""
+    """Render ApiError, the router's 404 and 405, and any bug, as a Google error body."""
     try:
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except web.HTTPNotFound:
+        return unknown_url(request.path).response()
+    except web.HTTPMethodNotAllowed as exc:
+        response = method_not_allowed(request.method, request.path).response()
+        # HTTP requires a 405 to say which methods the resource does take.
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except (web.HTTPException, ConnectionResetError):
         raise
     except Exception:

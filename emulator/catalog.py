@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -15,12 +16,33 @@ from gemini_gateway.emulator.wire import json_response
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
+
+@dataclass(frozen=True)
+class ThinkingSpec:
+    """How a thinking model takes `generationConfig.thinkingConfig` (Google's thinking guide)."""
+
+    min_budget: int
+    """Smallest positive thinkingBudget; smaller positive budgets are raised to it."""
+    max_budget: int
+    """Largest thinkingBudget; a larger one is refused, as by Google."""
+    can_disable: bool
+    """Whether thinkingBudget 0 turns thinking off (else it is refused)."""
+    by_default: bool
+    """Whether the model thinks when the request sets no budget (2.5 Flash-Lite does not)."""
+    levels: bool = False
+    """Whether the model takes thinkingLevel (Gemini 3)."""
+
+
 _GENERATE_METHODS = [
     "generateContent",
     "countTokens",
     "createCachedContent",
     "batchGenerateContent",
 ]
+
+
+# The thinking models' settings; Model JSON only says `"thinking": true`.
+_THINKING: dict[str, ThinkingSpec] = {}
 
 
 def _chat_model(
@@ -30,7 +52,7 @@ def _chat_model(
     version: str,
     output_limit: int,
     top_k: int,
-    thinking: bool,
+    thinking: ThinkingSpec | None,
 ) -> dict[str, Any]:
     model: dict[str, Any] = {
         "name": f"models/{model_id}",
@@ -46,8 +68,9 @@ def _chat_model(
         "topK": top_k,
         "maxTemperature": 2,
     }
-    if thinking:
+    if thinking is not None:
         model["thinking"] = True
+        _THINKING[model_id] = thinking
     return model
 
 
@@ -75,7 +98,7 @@ MODELS: list[dict[str, Any]] = [
         "001",
         65536,
         64,
-        True,
+        ThinkingSpec(1, 24576, can_disable=True, by_default=True),
     ),
     _chat_model(
         "gemini-2.5-pro",
@@ -84,7 +107,7 @@ MODELS: list[dict[str, Any]] = [
         "2.5",
         65536,
         64,
-        True,
+        ThinkingSpec(128, 32768, can_disable=False, by_default=True),
     ),
     _chat_model(
         "gemini-2.5-flash-lite",
@@ -93,7 +116,7 @@ MODELS: list[dict[str, Any]] = [
         "001",
         65536,
         64,
-        True,
+        ThinkingSpec(512, 24576, can_disable=True, by_default=False),
     ),
     _chat_model(
         "gemini-2.0-flash",
@@ -102,7 +125,16 @@ MODELS: list[dict[str, Any]] = [
         "2.0",
         8192,
         40,
-        False,
+        None,
+    ),
+    _chat_model(
+        "gemini-3.1-pro-preview",
+        "Gemini 3.1 Pro Preview",
+        "Preview release of Gemini 3.1 Pro",
+        "3.1-pro-preview",
+        65536,
+        64,
+        ThinkingSpec(128, 32768, can_disable=False, by_default=True, levels=True),
     ),
     _embedding_model(
         "gemini-embedding-001",
@@ -126,6 +158,11 @@ _BY_ID = {m["baseModelId"]: m for m in MODELS}
 def find_model(model_id: str) -> dict[str, Any] | None:
     """The catalogue entry for `gemini-2.5-flash` (or `models/gemini-2.5-flash`)."""
     return _BY_ID.get(model_id.removeprefix("models/"))
+
+
+def thinking_spec(model_id: str) -> ThinkingSpec | None:
+    """How the catalogue model thinks; None for models that do not (and unknown ones)."""
+    return _THINKING.get(model_id.removeprefix("models/"))
 
 
 def supports(model: dict[str, Any], method: str) -> bool:

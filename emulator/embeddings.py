@@ -17,7 +17,8 @@ from aiohttp import web
 
 from gemini_gateway.emulator.catalog import find_model, supports
 from gemini_gateway.emulator.errors import invalid_field, model_not_found
-from gemini_gateway.emulator.fields import as_int, field, items, mapping, read_body
+from gemini_gateway.emulator.fields import as_int, field, items, mapping
+from gemini_gateway.emulator.known_fields import read_request
 from gemini_gateway.emulator.settings import SETTINGS_KEY
 from gemini_gateway.emulator.tokens import TOKEN
 from gemini_gateway.emulator.wire import json_response
@@ -70,15 +71,16 @@ def _embedding_model(request: web.Request) -> str:
 
 
 async def embed_content(request: web.Request) -> web.Response:
+    # Google parses the body (refusing unknown fields) before it looks the model up.
+    body = await read_request(request, "EmbedContentRequest")
     _embedding_model(request)
-    body = await read_body(request)
     seed = request.app[SETTINGS_KEY].seed
     return json_response({"embedding": _embed_request(body, "EmbedContentRequest", "", seed)})
 
 
 async def batch_embed_contents(request: web.Request) -> web.Response:
+    body = await read_request(request, "BatchEmbedContentsRequest")
     model_id = _embedding_model(request)
-    body = await read_body(request)
     seed = request.app[SETTINGS_KEY].seed
     requests = items(body, "requests")
     if not requests:

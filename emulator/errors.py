@@ -110,6 +110,24 @@ def not_found(message: str) -> ApiError:
     return ApiError("NOT_FOUND", message)
 
 
+def unknown_url(path: str) -> ApiError:
+    """404 for a path no route serves; the text is what Google's front end says."""
+    return not_found(f"The requested URL {path} was not found on this server.")
+
+
+def method_not_allowed(method: str, path: str) -> ApiError:
+    """405 for a verb the path does not take.
+
+    google.rpc has no code for this; UNIMPLEMENTED (the method is not served here) is the
+    one that maps sensibly to gRPC, and the HTTP status stays 405.
+    """
+    return ApiError(
+        "UNIMPLEMENTED",
+        f"The request method {method} is inappropriate for the URL {path}.",
+        http_status=405,
+    )
+
+
 def model_not_found(model: str, version: str, method: str) -> ApiError:
     return not_found(
         f"models/{model} is not found for API version {version}, or is not supported for "

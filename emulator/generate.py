@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gemini_gateway.emulator.catalog import find_model, supports
+from gemini_gateway.emulator.catalog import find_model, supports, thinking_spec
 from gemini_gateway.emulator.errors import model_not_found
-from gemini_gateway.emulator.fields import read_body
 from gemini_gateway.emulator.generation import build_answer, count_tokens_response, read_prompt
 from gemini_gateway.emulator.injection import (
     before_headers,
@@ -15,6 +14,7 @@ from gemini_gateway.emulator.injection import (
     header_plan,
     settings_plan,
 )
+from gemini_gateway.emulator.known_fields import read_request
 from gemini_gateway.emulator.settings import SETTINGS_KEY
 from gemini_gateway.emulator.streaming import stream_chunks
 from gemini_gateway.emulator.tuning import TUNING_KEY
@@ -32,7 +32,7 @@ def _catalog_model(request: web.Request, method: str) -> str:
 
 async def _generate(request: web.Request, streaming: bool) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
-    body = await read_body(request)
+    body = await read_request(request, "GenerateContentRequest")
     from_header = header_plan(request)
     prompt = read_prompt(body)
     plan = from_header.then(checked_plan(",".join(prompt.magic), "magic token in the prompt"))
@@ -48,7 +48,9 @@ async def _generate(request: web.Request, streaming: bool) -> web.StreamResponse
         answer = build_answer(body, prompt, model_version, settings.seed, fixed_text=tuned_text)
     else:
         model_version = _catalog_model(request, "generateContent")
-        answer = build_answer(body, prompt, model_version, settings.seed)
+        answer = build_answer(
+            body, prompt, model_version, settings.seed, thinking=thinking_spec(model_version)
+        )
 
     if not streaming:
         return json_response(answer.response())
@@ -68,5 +70,7 @@ async def stream_generate_content(request: web.Request) -> web.StreamResponse:
 
 
 async def count_tokens(request: web.Request) -> web.Response:
+    # Google parses the body (refusing unknown fields) before it looks the model up.
+    body = await read_request(request, "CountTokensRequest")
     _catalog_model(request, "countTokens")
-    return json_response(count_tokens_response(await read_body(request)))
+    return json_response(count_tokens_response(body))

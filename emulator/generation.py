@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gemini_gateway.emulator.catalog import ThinkingSpec
 from gemini_gateway.emulator.errors import ApiError, invalid_field
 from gemini_gateway.emulator.faults import strip_magic
 from gemini_gateway.emulator.fields import as_int, field, items, mapping
 from gemini_gateway.emulator.schema_values import value_for_schema
 from gemini_gateway.emulator.textgen import answer_text, split_chunks
+from gemini_gateway.emulator.thinking import plan_thinking, thought_summary
 from gemini_gateway.emulator.tokens import count_contents, count_part, modality_details, truncate
 from gemini_gateway.emulator.wire import compact
 
@@ -121,11 +123,20 @@ def read_prompt(body: Mapping[str, Any], request_type: str = "GenerateContentReq
 
 @dataclass
 class Candidate:
-    parts: list[dict[str, Any]]
+    parts: list[dict[str, Any]]  # the answer, without the thought summary
     finish_reason: str = "STOP"
     text: str | None = None  # set for text answers; those are the ones streamed in pieces
+    thought: str | None = None  # the thought summary, when includeThoughts asked for it
+
+    def content_parts(self) -> list[dict[str, Any]]:
+        """The parts of the unary answer: the thought summary first, as at Google."""
+        return [*self.thought_parts(), *self.parts]
+
+    def thought_parts(self) -> list[dict[str, Any]]:
+        return [{"text": self.thought, "thought": True}] if self.thought is not None else []
 
     def token_count(self) -> int:
+        """candidatesTokenCount of this candidate; thoughts are counted apart."""
         counts: Counter[str] = Counter()
         for part in self.parts:
             count_part(part, counts)
@@ -138,17 +149,24 @@ class Answer:
     prompt_counts: Counter[str]
     model_version: str
     response_id: str
+    thoughts_tokens: int = 0
 
     def usage(self, final: bool = True) -> dict[str, Any]:
+        """usageMetadata; before the last chunk of a stream the output is not yet counted.
+
+        Thinking comes before the answer, so every chunk already reports the thoughts.
+        """
         prompt_tokens = sum(self.prompt_counts.values())
         usage: dict[str, Any] = {"promptTokenCount": prompt_tokens}
-        total = prompt_tokens
+        total = prompt_tokens + self.thoughts_tokens
         if final:
             output = sum(c.token_count() for c in self.candidates)
             usage["candidatesTokenCount"] = output
             total += output
         usage["totalTokenCount"] = total
         usage["promptTokensDetails"] = modality_details(self.prompt_counts)
+        if self.thoughts_tokens:
+            usage["thoughtsTokenCount"] = self.thoughts_tokens
         return usage
 
     def _envelope(self, candidates: list[dict[str, Any]], final: bool) -> dict[str, Any]:
@@ -164,7 +182,7 @@ class Answer:
         return self._envelope(
             [
                 {
-                    "content": {"parts": c.parts, "role": "model"},
+                    "content": {"parts": c.content_parts(), "role": "model"},
                     "finishReason": c.finish_reason,
                     "index": i,
                 }
@@ -177,14 +195,22 @@ class Answer:
         """The stream: text split into up to `count` chunks, each a full response.
 
         Function calls are never split; an answer with one is sent as a single chunk.
+        Thought summaries come first, in a chunk of their own, as the model thinks before
+        it answers.
         """
+        result = []
+        if any(c.thought is not None for c in self.candidates):
+            thoughts = [
+                {"content": {"parts": c.thought_parts(), "role": "model"}, "index": i}
+                for i, c in enumerate(self.candidates)
+            ]
+            result.append(self._envelope(thoughts, final=False))
         texts = [c.text for c in self.candidates]
         if any(t is None for t in texts):
             count = 1
         else:
             count = max(1, min([count, *(len(t) for t in texts if t is not None)]))
         pieces = [split_chunks(t, count) if t is not None else [] for t in texts]
-        result = []
         for step in range(count):
             final = step == count - 1
             candidates = []
@@ -276,16 +302,30 @@ def _limit(text: str, config: Mapping[str, Any]) -> tuple[str, str]:
     return text, "STOP"
 
 
+def _plan_sentence(calls: list[dict[str, Any]], structured: bool, config: Mapping[str, Any]) -> str:
+    """What the thought summary says the answer will be."""
+    if calls:
+        names = ", ".join(call["functionCall"]["name"] for call in calls)
+        return f"I will call {names} to answer it."
+    if structured:
+        if str(field(config, "responseMimeType", "")).lower() == "application/json":
+            return "I will answer with JSON in the requested shape."
+        return "I will answer with one of the allowed values."
+    return "I will echo it back and add a few sentences built from its words."
+
+
 def build_answer(
     body: Mapping[str, Any],
     prompt: Prompt,
     model_version: str,
     seed: int,
     fixed_text: str | None = None,
+    thinking: ThinkingSpec | None = None,
 ) -> Answer:
     """The answer to a GenerateContentRequest.
 
     `fixed_text` replaces the generated text (tuned models answer from their examples).
+    `thinking` is the model's thinking spec; None for models that do not think.
     """
     config = mapping(body, "generationConfig")
     count = as_int(field(config, "candidateCount"), 1) or 1
@@ -295,25 +335,34 @@ def build_answer(
             "generation_config.candidate_count",
             f"candidate_count must be between 1 and {MAX_CANDIDATES}",
         )
+    prompt_counts = prompt.token_counts()
+    plan = plan_thinking(
+        config, thinking, sum(prompt_counts.values()), f"{prompt.system_text}\x1f{prompt.text}"
+    )
     calls = [] if fixed_text is not None else _function_calls(body, prompt, seed)
     candidates = []
     for variant in range(count):
+        structured = None
         if calls:
-            candidates.append(Candidate(parts=calls))
-            continue
-        if fixed_text is not None:
-            text = fixed_text
+            candidate = Candidate(parts=calls)
         else:
-            text = _structured_text(config, prompt, seed, variant) or answer_text(
-                prompt.text, prompt.system_text, seed, variant
-            )
-        text, reason = _limit(text, config)
-        candidates.append(Candidate(parts=[{"text": text}], finish_reason=reason, text=text))
+            if fixed_text is not None:
+                text = fixed_text
+            else:
+                structured = _structured_text(config, prompt, seed, variant)
+                text = structured or answer_text(prompt.text, prompt.system_text, seed, variant)
+            text, reason = _limit(text, config)
+            candidate = Candidate(parts=[{"text": text}], finish_reason=reason, text=text)
+        if plan.include_thoughts and plan.tokens:
+            sentence = _plan_sentence(calls, bool(structured), config)
+            candidate.thought = thought_summary(prompt.text, sentence, seed)
+        candidates.append(candidate)
     return Answer(
         candidates=candidates,
-        prompt_counts=prompt.token_counts(),
+        prompt_counts=prompt_counts,
         model_version=model_version,
         response_id=response_id(seed, model_version, body),
+        thoughts_tokens=plan.tokens * count,
     )
 
 

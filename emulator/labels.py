@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from gemini_gateway.emulator.errors import bad_request
-from gemini_gateway.emulator.fields import field, read_body
+from gemini_gateway.emulator.fields import field
+from gemini_gateway.emulator.known_fields import read_request
 
 MAX_LABELS = 64
 MAX_KEY_CHARS = 63
@@ -105,7 +106,8 @@ def enforcing_labels(handler: Handler) -> Handler:
 
     @functools.wraps(handler)  # also keeps the handler's marks (handles_own_faults)
     async def checked(request: web.Request) -> web.StreamResponse:
-        check_labels(await read_body(request))
+        # Unknown fields are a parse error, found before the labels are looked at.
+        check_labels(await read_request(request, "GenerateContentRequest"))
         return await handler(request)
 
     return checked

@@ -30,6 +30,9 @@ class EmulatorSettings(BaseSettings):
     """Seed for generated text, schema values, embeddings and tuned-model ids."""
     request_log_size: int = 200
     """How many requests /_emulator/requests keeps."""
+    strict_fields: bool = True
+    """Refuse unknown fields in generate, countTokens and embed bodies with Google's 400;
+    False ignores them (GEMINI_EMULATOR_STRICT_FIELDS=false, or --lenient-fields)."""
 
     @field_validator("fault")
     @classmethod

@@ -11,6 +11,7 @@ EXPECTED = {
     "gemini-2.5-pro",
     "gemini-2.0-flash",
     "gemini-2.5-flash-lite",
+    "gemini-3.1-pro-preview",
     "gemini-embedding-001",
     "text-embedding-004",
 }
@@ -39,6 +40,13 @@ async def test_list_models(api: Api, version: str) -> None:
     ):
         assert key in flash, key
     assert "generateContent" in flash["supportedGenerationMethods"]
+    thinking = {m["baseModelId"] for m in body["models"] if m.get("thinking")}
+    assert thinking == {
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash-lite",
+        "gemini-3.1-pro-preview",
+    }
 
 
 async def test_pagination(api: Api) -> None:
@@ -46,7 +54,7 @@ async def test_pagination(api: Api) -> None:
     token = ""
     pages = 0
     while True:
-        status, body, _ = await api.get(f"/v1beta/models?pageSize=4&pageToken={token}")
+        status, body, _ = await api.get(f"/v1beta/models?pageSize=5&pageToken={token}")
         assert status == 200
         pages += 1
         seen += [m["name"] for m in body["models"]]

@@ -29,7 +29,10 @@ async def test_generate_content_round_trip(generative, emulator, http) -> None:
     assert candidate.content.role == "model"
     usage = response.usage_metadata
     assert usage.prompt_token_count > 0
-    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
+    assert usage.thoughts_token_count > 0  # gemini-2.5-flash thinks by default
+    assert usage.total_token_count == (
+        usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
+    )
     assert response.model_version
     upstream = await last_upstream_request(http, emulator)
     assert upstream["method"] == "POST"
