@@ -8,6 +8,7 @@ advisory lock; the others then find the schema already current.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -175,7 +176,10 @@ async def open_store(
     echo: bool = False,
 ) -> Store:
     """Open the store at `url` and (unless `migrate=False`) upgrade its schema to head."""
-    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, echo=echo)
+    # In a thread: for SQLite this may create the database's folder.
+    engine = await asyncio.to_thread(
+        create_engine, url, pool_size=pool_size, max_overflow=max_overflow, echo=echo
+    )
     try:
         if migrate:
             await upgrade(engine)

@@ -2,10 +2,12 @@
 
 Usage is kept three ways:
 
-- `usage_events`: one row per finished call (the truth, exact to the millisecond);
-- `usage_hourly` and `usage_daily`: the same events summed per period and per distinct
-  (project, model, method, caller, status, long_prompt, label set), upserted by the recorder in
-  the same transaction as the raw rows, so usage queries read few rows for long ranges;
+- `usage_events`: one row per finished call (the truth, to the microsecond);
+- rollups, the same events summed per period, upserted by the recorder in the same
+  transaction as the raw rows so usage queries read few rows for long ranges:
+  `usage_hourly` / `usage_daily` per distinct (project, model, method, caller, status,
+  long_prompt, label set), and `usage_hourly_by_label` / `usage_daily_by_label` per
+  (project, model, long_prompt, label set) for the queries that need no more;
 - `usage_label_values`: how often each label key/value pair was seen, for the pickers.
 
 Later features (request logs, datasets) add their own tables to `Base.metadata` in their own
@@ -18,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -116,17 +118,14 @@ class UsageEventRow(Base):
     long_prompt: Mapped[bool] = mapped_column(sa.Boolean())
 
 
-class _Rollup:
-    """Columns shared by the hourly and daily rollups; the key is the primary key."""
+class _RollupBase:
+    """Columns of every rollup: the period, the cost dimensions and the sums."""
 
-    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
-    project: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    model: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    method: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    caller: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    status: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    long_prompt: Mapped[bool] = mapped_column(sa.Boolean(), primary_key=True)
-    labels_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    project: Mapped[str] = mapped_column(sa.String())
+    model: Mapped[str] = mapped_column(sa.String())
+    long_prompt: Mapped[bool] = mapped_column(sa.Boolean())
+    labels_hash: Mapped[str] = mapped_column(sa.String(64))
     labels: Mapped[dict[str, str]] = mapped_column(JsonType)
     request_count: Mapped[int] = mapped_column(sa.BigInteger())
     error_count: Mapped[int] = mapped_column(sa.BigInteger())
@@ -142,22 +141,58 @@ class _Rollup:
     first_chunk_ms_sum: Mapped[float] = mapped_column(sa.Float())
     first_chunk_count: Mapped[int] = mapped_column(sa.BigInteger())
 
+    # The rollup's key, in index order.
+    key_columns: ClassVar[tuple[str, ...]] = (
+        "period_start", "project", "model", "long_prompt", "labels_hash",
+    )  # fmt: skip
+
     @declared_attr.directive
     @classmethod
     def __table_args__(cls) -> tuple[Any, ...]:
-        # The primary key leads with period_start for range scans over all projects; this
-        # index serves the common one-project range.
+        # The key leads with period_start for range scans over all projects; the index
+        # serves the common one-project range.
+        name = cls.__tablename__  # type: ignore[attr-defined]
         return (
-            sa.Index(f"ix_{cls.__tablename__}_project_period_start", "project", "period_start"),
+            sa.PrimaryKeyConstraint(*cls.key_columns),
+            sa.Index(f"ix_{name}_project_period_start", "project", "period_start"),
         )
 
 
-class UsageHourly(_Rollup, Base):
+class _CallDimensions:
+    """Who called what and how it ended: in the key of the full rollups only."""
+
+    method: Mapped[str] = mapped_column(sa.String())
+    caller: Mapped[str] = mapped_column(sa.String())
+    status: Mapped[str] = mapped_column(sa.String())
+
+    key_columns: ClassVar[tuple[str, ...]] = (
+        "period_start", "project", "model", "method", "caller", "status", "long_prompt",
+        "labels_hash",
+    )  # fmt: skip
+
+
+class UsageHourly(_CallDimensions, _RollupBase, Base):
+    """Every dimension, per hour: serves any grouping and filter."""
+
     __tablename__ = "usage_hourly"
 
 
-class UsageDaily(_Rollup, Base):
+class UsageDaily(_CallDimensions, _RollupBase, Base):
     __tablename__ = "usage_daily"
+
+
+class UsageHourlyByLabel(_RollupBase, Base):
+    """Cost by label, model and project only, per hour.
+
+    Queries that neither group nor filter by method, caller or status (the by-label cost
+    view) read these: without those three dimensions a period has several times fewer rows.
+    """
+
+    __tablename__ = "usage_hourly_by_label"
+
+
+class UsageDailyByLabel(_RollupBase, Base):
+    __tablename__ = "usage_daily_by_label"
 
 
 class UsageLabelValue(Base):
@@ -180,16 +215,6 @@ TOKEN_COLUMNS = (
     "thoughts_tokens",
     "tool_use_tokens",
     "total_tokens",
-)
-ROLLUP_KEY_COLUMNS = (
-    "period_start",
-    "project",
-    "model",
-    "method",
-    "caller",
-    "status",
-    "long_prompt",
-    "labels_hash",
 )
 ROLLUP_SUM_COLUMNS = (
     "request_count",

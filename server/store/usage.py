@@ -22,16 +22,20 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gemini_gateway.server.filters import (
+    Comparison,
+    Expr,
     FilterError,
     FilterField,
+    Not,
     Resolver,
+    Text,
     compile_filter,
     field_resolver,
     parse_filter,
@@ -40,12 +44,13 @@ from gemini_gateway.server.labels import label_violations
 from gemini_gateway.server.pricing import LONG_PROMPT_TOKENS, PriceTable, TokenSums
 from gemini_gateway.server.store.engine import Store
 from gemini_gateway.server.store.models import (
-    ROLLUP_KEY_COLUMNS,
     ROLLUP_SUM_COLUMNS,
     TOKEN_COLUMNS,
     UsageDaily,
+    UsageDailyByLabel,
     UsageEventRow,
     UsageHourly,
+    UsageHourlyByLabel,
     UsageLabelValue,
     labels_hash,
 )
@@ -63,10 +68,12 @@ MAX_PAGE_SIZE = 1000
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
-_events = UsageEventRow.__table__
-_hourly = UsageHourly.__table__
-_daily = UsageDaily.__table__
-_label_values = UsageLabelValue.__table__
+_events = cast(sa.Table, UsageEventRow.__table__)
+_hourly = cast(sa.Table, UsageHourly.__table__)
+_daily = cast(sa.Table, UsageDaily.__table__)
+_hourly_by_label = cast(sa.Table, UsageHourlyByLabel.__table__)
+_daily_by_label = cast(sa.Table, UsageDailyByLabel.__table__)
+_label_values = cast(sa.Table, UsageLabelValue.__table__)
 # gRPC status code names, so a misspelt status in a filter is an error, not an empty result.
 STATUS_NAMES = (
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -133,14 +140,18 @@ def _event_row(event: UsageEvent) -> dict[str, Any]:
     }
 
 
-def _rollup_rows(rows: Sequence[dict[str, Any]], period: timedelta) -> list[dict[str, Any]]:
+def _rollup_rows(
+    rows: Sequence[dict[str, Any]], period: timedelta, key_columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The batch summed per rollup key; sorted, so every writer locks rows in one order."""
+    dimensions = [c for c in key_columns if c != "period_start"]
     sums: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         start = _floor(row["time"], period)
-        key = (start, *(row[c] for c in ROLLUP_KEY_COLUMNS[1:]))
+        key = (start, *(row[c] for c in dimensions))
         acc = sums.get(key)
         if acc is None:
-            acc = {c: row[c] for c in ROLLUP_KEY_COLUMNS[1:]}
+            acc = {c: row[c] for c in dimensions}
             acc["period_start"] = start
             acc["labels"] = row["labels"]
             acc.update(dict.fromkeys(ROLLUP_SUM_COLUMNS, 0))
@@ -195,17 +206,20 @@ def _chunks(rows: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
         yield rows[i : i + size]
 
 
-async def _upsert_rollup(conn: AsyncConnection, table: sa.Table, rows: list[dict]) -> None:
+async def _upsert_rollup(
+    conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]
+) -> None:
+    key = [c.name for c in table.primary_key.columns]
     for chunk in _chunks(rows):
         stmt = _insert(conn, table).values(chunk)
         stmt = stmt.on_conflict_do_update(
-            index_elements=list(ROLLUP_KEY_COLUMNS),
+            index_elements=key,
             set_={c: table.c[c] + stmt.excluded[c] for c in ROLLUP_SUM_COLUMNS},
         )
         await conn.execute(stmt)
 
 
-async def _upsert_label_values(conn: AsyncConnection, rows: list[dict]) -> None:
+async def _upsert_label_values(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     table = _label_values
     for chunk in _chunks(rows):
         stmt = _insert(conn, table).values(chunk)
@@ -220,14 +234,24 @@ async def _upsert_label_values(conn: AsyncConnection, rows: list[dict]) -> None:
         await conn.execute(stmt)
 
 
+# Every rollup the writer keeps, in the order it upserts them (the same in every replica).
+_ROLLUPS = (
+    (_hourly, HOUR),
+    (_daily, DAY),
+    (_hourly_by_label, HOUR),
+    (_daily_by_label, DAY),
+)
+
+
 async def write_usage_batch(conn: AsyncConnection, events: Sequence[UsageEvent]) -> None:
     """Insert `events` and add them to the rollups and label counts, in `conn`'s transaction."""
     if not events:
         return
     rows = [_event_row(event) for event in events]
     await conn.execute(sa.insert(_events), rows)
-    await _upsert_rollup(conn, _hourly, _rollup_rows(rows, HOUR))
-    await _upsert_rollup(conn, _daily, _rollup_rows(rows, DAY))
+    for table, period in _ROLLUPS:
+        key = [c.name for c in table.primary_key.columns]
+        await _upsert_rollup(conn, table, _rollup_rows(rows, period, key))
     await _upsert_label_values(conn, _label_rows(rows))
 
 
@@ -252,29 +276,39 @@ async def rebuild_rollups(conn: AsyncConnection) -> None:
     current incrementally. Both dialects run with UTC as their time zone (see engine.py).
     """
     hour, day, label_source = _REBUILD_SQL[conn.dialect.name]
-    keys = ", ".join(ROLLUP_KEY_COLUMNS[1:])
-    sums = ", ".join(ROLLUP_SUM_COLUMNS)
+    for table, _ in reversed(_ROLLUPS):
+        await conn.execute(table.delete())
+    await conn.execute(_label_values.delete())
+
+    dims = ", ".join(c.name for c in _hourly.primary_key.columns if c.name != "period_start")
     tokens = ", ".join(f"sum({c})" for c in TOKEN_COLUMNS)
-    for table in ("usage_daily", "usage_hourly", "usage_label_values"):
-        await conn.execute(sa.text(f"DELETE FROM {table}"))
     await conn.execute(
         sa.text(
-            f"INSERT INTO usage_hourly (period_start, {keys}, labels, {sums}) "
-            f"SELECT {hour}, {keys}, labels, count(*), "
+            f"INSERT INTO usage_hourly (period_start, {dims}, labels, "
+            f"{', '.join(ROLLUP_SUM_COLUMNS)}) "
+            f"SELECT {hour}, {dims}, labels, count(*), "
             "sum(CASE WHEN status <> 'OK' THEN 1 ELSE 0 END), "
             f"sum(CASE WHEN incomplete THEN 1 ELSE 0 END), {tokens}, sum(latency_ms), "
             "coalesce(sum(first_chunk_ms), 0), count(first_chunk_ms) "
-            f"FROM usage_events GROUP BY {hour}, {keys}, labels"
+            f"FROM usage_events GROUP BY {hour}, {dims}, labels"
         )
     )
-    await conn.execute(
-        sa.text(
-            f"INSERT INTO usage_daily (period_start, {keys}, labels, {sums}) "
-            f"SELECT {day}, {keys}, labels, "
-            + ", ".join(f"sum({c})" for c in ROLLUP_SUM_COLUMNS)
-            + f" FROM usage_hourly GROUP BY {day}, {keys}, labels"
+    # Each other rollup is a coarser sum of one already built.
+    for target, source, period in (
+        (_daily, _hourly, day),
+        (_hourly_by_label, _hourly, "period_start"),
+        (_daily_by_label, _daily, "period_start"),
+    ):
+        dims = ", ".join(c.name for c in target.primary_key.columns if c.name != "period_start")
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {target.name} (period_start, {dims}, labels, "
+                f"{', '.join(ROLLUP_SUM_COLUMNS)}) "
+                f"SELECT {period}, {dims}, labels, "
+                + ", ".join(f"sum({c})" for c in ROLLUP_SUM_COLUMNS)
+                + f" FROM {source.name} GROUP BY {period}, {dims}, labels"
+            )
         )
-    )
     await conn.execute(
         sa.text(
             "INSERT INTO usage_label_values (project, key, value, count, last_seen) "
@@ -353,6 +387,30 @@ class _Source:
 _RAW = _Source(_events, _events.c.time, None)
 _HOURLY = _Source(_hourly, _hourly.c.period_start, HOUR)
 _DAILY = _Source(_daily, _daily.c.period_start, DAY)
+_HOURLY_BY_LABEL = _Source(_hourly_by_label, _hourly_by_label.c.period_start, HOUR)
+_DAILY_BY_LABEL = _Source(_daily_by_label, _daily_by_label.c.period_start, DAY)
+# Fields the by-label rollups keep; a query using any other reads the full rollups.
+_BY_LABEL_FIELDS = frozenset({"project", "model", "long_prompt"})
+
+
+def _filter_fields(expr: Expr | None) -> set[str]:
+    if expr is None or isinstance(expr, Text):
+        return set()
+    if isinstance(expr, Comparison):
+        return {expr.field}
+    if isinstance(expr, Not):
+        return _filter_fields(expr.operand)
+    return set().union(*(_filter_fields(operand) for operand in expr.operands))
+
+
+def _levels(keys: Sequence[str], expr: Expr | None, bucket: str | None) -> list[_Source]:
+    """The sources to read, finest first: raw rows, then rollups as coarse as allowed."""
+    fields = {k for k in [*keys, *_filter_fields(expr)] if not k.startswith("labels.")}
+    if fields <= _BY_LABEL_FIELDS:
+        hourly, daily = _HOURLY_BY_LABEL, _DAILY_BY_LABEL
+    else:
+        hourly, daily = _HOURLY, _DAILY
+    return [_RAW, hourly] if bucket == "hour" else [_RAW, hourly, daily]
 
 
 def _split(
@@ -376,7 +434,7 @@ def _split(
         return [(here, lo, hi)]
     parts: list[tuple[_Source, datetime | None, datetime | None]] = []
     if lo is not None and inner_lo is not None and lo < inner_lo:
-        pass
+        parts.append((here, lo, inner_lo))
     if hi is not None and inner_hi is not None and inner_hi < hi:
         parts.append((here, inner_hi, hi))
     parts.extend(_split(inner_lo, inner_hi, rest))
@@ -409,8 +467,13 @@ def _resolver(table: sa.Table) -> Resolver:
             raise FilterError(f"labels.{key}: {problem}")
         return FilterField(table.c.labels[key].as_string(), "string")
 
-    fields = {name: FilterField(table.c[name], "string") for name in GROUP_FIELDS}
-    fields["status"] = FilterField(table.c.status, "enum", STATUS_NAMES)
+    # The by-label rollups lack method, caller and status; _levels only picks them for filters
+    # that do not use those.
+    fields = {
+        name: FilterField(table.c[name], "string") for name in GROUP_FIELDS if name in table.c
+    }
+    if "status" in table.c:
+        fields["status"] = FilterField(table.c.status, "enum", STATUS_NAMES)
     fields["long_prompt"] = FilterField(table.c.long_prompt, "bool")
     return field_resolver(fields, {"labels": label})
 
@@ -496,11 +559,10 @@ async def query_usage(
     size = _page_size(page_size)
     query_id = _query_hash([project, filter_text, start, end, keys, bucket])
     offset = _decode_token(page_token, query_id)
-    expr = parse_filter(filter_text) if filter_text.strip() else None
+    expr = parse_filter(filter_text)
 
     bucket_period = {"hour": HOUR, "day": DAY, None: None}[bucket]
-    levels = [_RAW, _HOURLY] if bucket == "hour" else [_RAW, _HOURLY, _DAILY]
-    parts = _split(start, end, levels)
+    parts = _split(start, end, _levels(keys, expr, bucket))
 
     # (bucket, group values, model, long_prompt) -> measures
     fine: dict[tuple[Any, ...], list[float]] = {}

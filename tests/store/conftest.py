@@ -26,6 +26,7 @@ PG_ADMIN_URL = os.environ.get(
     "GATEWAY_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
+
 class PostgresAdmin:
     """Creates and drops the throw-away databases of one test session."""
 
@@ -66,6 +67,16 @@ class PostgresAdmin:
         )
 
 
+def require(admin: PostgresAdmin) -> None:
+    """Skip the calling test when PostgreSQL is unreachable, or fail it when CI is set."""
+    if admin.problem is None:
+        return
+    message = f"PostgreSQL at {sa.make_url(admin.admin_url)!r} is unreachable: {admin.problem}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI is set: the PostgreSQL tests must run, not skip)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 async def postgres() -> AsyncIterator[PostgresAdmin]:
     """The admin of the session's PostgreSQL databases; drops them all at the end."""
@@ -94,11 +105,7 @@ async def fresh_url(
             return f"sqlite+aiosqlite:///{folder / secrets.token_hex(4) / 'gateway.db'}"
 
         return sqlite_url
-    if postgres.problem is not None:
-        message = f"PostgreSQL at {sa.make_url(PG_ADMIN_URL)!r} is unreachable: {postgres.problem}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: the PostgreSQL tests must run, not skip)")
-        pytest.skip(message)
+    require(postgres)
 
     async def postgres_url() -> str:
         return postgres.url(await postgres.create())

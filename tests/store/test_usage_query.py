@@ -16,7 +16,13 @@ from gemini_gateway.server.filters import FilterError
 from gemini_gateway.server.pricing import LONG_PROMPT_TOKENS, PriceTable, TokenSums
 from gemini_gateway.server.recorder import UsageEvent
 from gemini_gateway.server.store import Store
-from gemini_gateway.server.store.models import UsageDaily, UsageHourly, UsageLabelValue
+from gemini_gateway.server.store.models import (
+    UsageDaily,
+    UsageDailyByLabel,
+    UsageHourly,
+    UsageHourlyByLabel,
+    UsageLabelValue,
+)
 from gemini_gateway.server.store.usage import (
     NONE_VALUE,
     InvalidPageToken,
@@ -89,13 +95,18 @@ def brute_force(
     return out
 
 
+MEASURES = (
+    "request_count", "error_count", "incomplete_count", "prompt_tokens", "candidates_tokens",
+    "cached_tokens", "thoughts_tokens", "tool_use_tokens", "total_tokens", "latency_ms_sum",
+    "cost_usd",
+)  # fmt: skip
+
+
 def as_table(page: UsagePage, group_by: Sequence[str]) -> dict[Key, list[float]]:
     return {
         (row.bucket_start, tuple(row.group[k] for k in group_by)): [
-            row.request_count, row.error_count, row.incomplete_count, row.prompt_tokens,
-            row.candidates_tokens, row.cached_tokens, row.thoughts_tokens,
-            row.tool_use_tokens, row.total_tokens, row.latency_ms_sum, row.cost_usd,
-        ]  # fmt: skip
+            getattr(row, name) for name in MEASURES
+        ]
         for row in page.rows
     }
 
@@ -143,6 +154,9 @@ def instants(draw: st.DrawFn) -> datetime:
     return T0 + timedelta(microseconds=draw(st.integers(0, int(SPAN / timedelta(microseconds=1)))))
 
 
+LABEL_VALUES = st.sampled_from(["a", "b", ""])
+
+
 @st.composite
 def usage_events(draw: st.DrawFn) -> UsageEvent:
     prompt = draw(st.one_of(st.integers(0, 5_000), st.integers(199_990, 200_010)))
@@ -153,9 +167,7 @@ def usage_events(draw: st.DrawFn) -> UsageEvent:
         caller=draw(st.sampled_from(["alice", "bob"])),
         model=draw(st.sampled_from(["models/gemini-2.5-pro", "gemini-2.5-flash", "other-x"])),
         method=draw(st.sampled_from(["GenerateContent", "StreamGenerateContent"])),
-        labels=draw(
-            st.dictionaries(st.sampled_from(["team", "env", "app"]), st.sampled_from(["a", "b", ""]))
-        ),
+        labels=draw(st.dictionaries(st.sampled_from(["team", "env", "app"]), LABEL_VALUES)),
         status=draw(st.sampled_from(["OK", "OK", "RESOURCE_EXHAUSTED", "INTERNAL"])),
         prompt_tokens=prompt,
         candidates_tokens=candidates,
@@ -179,7 +191,7 @@ def ranges(draw: st.DrawFn) -> tuple[datetime | None, datetime | None]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -213,9 +225,35 @@ async def test_any_range_matches_the_raw_events(
         total = [sum(row[i] for row in want.values()) for i in range(11)]
         t = page.totals
         assert [t.request_count, t.error_count, t.prompt_tokens, t.total_tokens] == [
-            total[0], total[1], total[3], total[8]
+            total[0],
+            total[1],
+            total[3],
+            total[8],
         ]
         assert math.isclose(t.cost_usd, total[10], rel_tol=1e-9, abs_tol=1e-9)
+
+
+async def test_events_on_and_next_to_boundaries(store: Store, prices: PriceTable) -> None:
+    """Events a microsecond either side of hour and day edges, every range between them."""
+    tick = timedelta(microseconds=1)
+    marks = [T0, T0 + HOUR, T0 + 23 * HOUR, T0 + DAY, T0 + DAY + 5 * HOUR, T0 + 2 * DAY]
+    times = [t + d for t in marks for d in (-tick, timedelta(0), tick)]
+    events = [
+        event(time=t, labels={"team": f"t{i % 2}"}, model=["gemini-2.5-pro", "x"][i % 2],
+              status="OK" if i % 3 else "INTERNAL", prompt_tokens=i * 1000)
+        for i, t in enumerate(times)
+    ]  # fmt: skip
+    await write(store, events, batch=4)
+    bounds: list[datetime | None] = [None, *times[::2], T0 + 30 * timedelta(minutes=1)]
+    for start in bounds:
+        for end in bounds:
+            if start is not None and end is not None and end <= start:
+                continue
+            for bucket in (None, "hour", "day"):
+                args = {"project": None, "start": start, "end": end,
+                        "group_by": ["labels.team"], "bucket": bucket}  # fmt: skip
+                page = await query_all(store, prices, **args)
+                assert_same(as_table(page, ["labels.team"]), brute_force(events, prices, **args))
 
 
 async def test_rebuilding_the_rollups_in_sql_gives_what_the_writer_kept(store: Store) -> None:
@@ -236,7 +274,9 @@ async def test_rebuilding_the_rollups_in_sql_gives_what_the_writer_kept(store: S
     async def snapshot() -> list[list[Any]]:
         out = []
         async with store.connect() as conn:
-            for model in (UsageHourly, UsageDaily, UsageLabelValue):
+            for model in (
+                UsageHourly, UsageDaily, UsageHourlyByLabel, UsageDailyByLabel, UsageLabelValue
+            ):  # fmt: skip
                 table = model.__table__
                 stmt = sa.select(table).order_by(*table.primary_key.columns)
                 rows = (await conn.execute(stmt)).all()
@@ -259,7 +299,7 @@ async def _teams(store: Store) -> list[UsageEvent]:
     events = [
         event(labels={"team": "search", "env": "prod"}, prompt_tokens=1000),
         event(labels={"team": "search", "env": "dev"}, prompt_tokens=100),
-        event(labels={"team": "ads", "env": "prod"}, model="models/gemini-2.5-pro", prompt_tokens=9000),
+        event(labels={"team": "ads", "env": "prod"}, model="gemini-2.5-pro", prompt_tokens=9000),
         event(labels={"env": "prod"}, status="RESOURCE_EXHAUSTED"),
         event(labels={}, time=T0 + DAY + HOUR, incomplete=True),
     ]
@@ -293,7 +333,7 @@ async def test_group_by_model_orders_by_cost(store: Store, prices: PriceTable) -
     events = await _teams(store)
     page = await query_all(store, prices, group_by=["model"])
     assert [r.group["model"] for r in page.rows] == [
-        "models/gemini-2.5-pro",
+        "gemini-2.5-pro",
         "models/gemini-2.5-flash",
     ]
     want = brute_force(
@@ -425,9 +465,7 @@ async def test_paging_walks_every_group_once(store: Store, prices: PriceTable) -
 
 async def test_bad_page_tokens(store: Store, prices: PriceTable) -> None:
     await write(store, [event(caller=f"c{i}") for i in range(3)])
-    page = await query_usage(
-        store, project="p1", group_by=["caller"], prices=prices, page_size=1
-    )
+    page = await query_usage(store, project="p1", group_by=["caller"], prices=prices, page_size=1)
     assert page.next_page_token
     with pytest.raises(InvalidPageToken, match="different query"):
         await query_usage(
@@ -459,7 +497,7 @@ async def test_label_keys_and_values(store: Store) -> None:
         ],
     )
     keys = await list_label_keys(store, "p1")
-    assert [(k.name, k.count) for k in keys.items][0] == ("team", 3)
+    assert (keys.items[0].name, keys.items[0].count) == ("team", 3)
     assert {k.name for k in keys.items} == {"team", "env", "env_x", "envy"}
     assert keys.items[0].last_seen == later
     # "_" is a literal in a prefix, not a LIKE wildcard.
@@ -468,9 +506,7 @@ async def test_label_keys_and_values(store: Store) -> None:
     assert [(v.name, v.count) for v in values.items] == [("search", 2), ("ads", 1)]
     values = await list_label_values(store, None, "team")
     assert [(v.name, v.count) for v in values.items] == [("ads", 3), ("search", 2)]
-    assert [v.name for v in (await list_label_values(store, "p1", "team", "s")).items] == [
-        "search"
-    ]
+    assert [v.name for v in (await list_label_values(store, "p1", "team", "s")).items] == ["search"]
 
     first = await list_label_keys(store, "p1", page_size=3)
     assert len(first.items) == 3 and first.next_page_token
