@@ -27,14 +27,13 @@ from gemini_gateway.server.app import Gateway, start_gateway
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.pricing import LONG_PROMPT_TOKENS, PriceTable, TokenSums
 from tests.integration.conftest import emulator_stats
-from tests.store.conftest import fresh_url, postgres  # noqa: F401 (fixtures)
 from tests.store.support import FreshUrl
 
 MODEL = "models/gemini-2.5-flash"
 
 
 @pytest.fixture(scope="module")
-async def gateway(fresh_url: FreshUrl, emulator: EmulatorHandle) -> AsyncIterator[Gateway]:  # noqa: F811
+async def gateway(fresh_url: FreshUrl, emulator: EmulatorHandle) -> AsyncIterator[Gateway]:
     gw = await start_gateway(
         Settings(
             upstream="emulator",
@@ -140,9 +139,7 @@ REJECTED = {
 }
 
 
-@pytest.mark.parametrize(
-    ("labels", "field", "words"), REJECTED.values(), ids=list(REJECTED.keys())
-)
+@pytest.mark.parametrize(("labels", "field", "words"), REJECTED.values(), ids=list(REJECTED.keys()))
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 async def test_bad_labels_are_rejected_before_upstream(
     generative: generative_service_pb2_grpc.GenerativeServiceStub,
@@ -377,9 +374,7 @@ async def test_grouping_by_two_label_keys_model_and_day(
             group_by=["labels.env"],
         )
     )
-    assert [(r.group_values["labels.env"], r.request_count) for r in filtered.rows] == [
-        ("prod", 2)
-    ]
+    assert [(r.group_values["labels.env"], r.request_count) for r in filtered.rows] == [("prod", 2)]
 
     keys = await usage.ListLabelKeys(usage_pb2.ListLabelKeysRequest())
     assert {"team", "env", "run"} <= {item.key for item in keys.label_keys}

@@ -27,7 +27,7 @@ from gemini_gateway.server.store.models import (
     UsageLabelValue,
 )
 from gemini_gateway.server.store.usage import write_usage_batch
-from tests.store.conftest import PostgresAdmin, require
+from tests.postgres import PostgresAdmin, require
 from tests.store.support import T0, FreshUrl, event
 
 
