@@ -1,4 +1,4 @@
-"""`python -m bench`: start the emulator and two gateways, measure, print the table."""
+"""`python -m bench`: start the emulator and the gateways, measure, print the tables."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import asyncio
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -27,33 +29,59 @@ from bench.processes import (
     Service,
     ServiceError,
     Services,
+    metric_samples,
+    metric_sum,
     peak_rss_mib,
     rss_mib,
+    usage_rows,
     wait_emulator_ready,
     wait_gateway_ready,
 )
-from bench.report import build_report, markdown, print_report
+from bench.report import RecordingPair, build_report, markdown, print_report
 
-HTTP_CLIENTS = ("aiohttp", "httpx")
-# Defaults sized for about 1-2 minutes on a 2-core machine; --quick for a smoke test.
-FULL = {"requests": 2000, "streams": 60, "rounds": 5}
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    name: str
+    http_client: str
+    record_usage: bool
+    main_table: bool  # compared with direct in the main table (and streamed)
+
+
+# In this order in every round's rotation, so the two aiohttp gateways mostly run one after
+# the other and meet the same conditions.
+GATEWAYS = (
+    GatewaySpec("gw aiohttp", "aiohttp", record_usage=True, main_table=True),
+    GatewaySpec("gw aiohttp rec off", "aiohttp", record_usage=False, main_table=False),
+    GatewaySpec("gw httpx", "httpx", record_usage=True, main_table=True),
+)
+RECORDING = RecordingPair(on="gw aiohttp", off="gw aiohttp rec off")
+WRITTEN_EVENTS = "gateway_recorder_written_events_total"
+DROPPED_EVENTS = "gateway_recorder_dropped_events_total"
+# Defaults sized for about 2-3 minutes on a 2-core machine; --quick for a smoke test. Many
+# short rounds rather than a few long ones: bursts from other tenants then split more evenly
+# between the targets, which the 95% recording target needs.
+FULL = {"requests": 2000, "streams": 60, "rounds": 10}
 QUICK = {"requests": 300, "streams": 12, "rounds": 3}
+# --recording runs three targets and no streams: more calls and rounds in 1-1.5 minutes.
+RECORDING_ONLY = {"requests": 3000, "streams": 60, "rounds": 16}
 # The throughput phase needs more calls than the latency phase to reach a steady state.
-THROUGHPUT_FACTOR = 3
+THROUGHPUT_FACTOR = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Gateway (aiohttp and httpx upstream clients) vs direct REST to the "
-        "emulator: added latency, throughput, streaming and memory. See docs/benchmarks.md.",
+        "emulator: added latency, throughput, streaming and memory; and the gateway with usage "
+        "recording on vs off. See docs/benchmarks.md.",
     )
     parser.add_argument(
         "--requests",
         type=int,
         help=f"unary calls per target at c=1 (the c=64 phase makes "
         f"{THROUGHPUT_FACTOR}x as many); default {FULL['requests']}, {QUICK['requests']} "
-        "with --quick",
+        f"with --quick, {RECORDING_ONLY['requests']} with --recording",
     )
     parser.add_argument(
         "--streams",
@@ -64,15 +92,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        help=f"interleaved rounds; default {FULL['rounds']}, {QUICK['rounds']} with --quick",
+        help=f"interleaved rounds; default {FULL['rounds']}, {QUICK['rounds']} with --quick, "
+        f"{RECORDING_ONLY['rounds']} with --recording",
     )
     parser.add_argument(
         "--concurrency", type=int, default=64, help="workers in the throughput phase (default 64)"
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (< 30 s) for smoke tests")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the table here")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (< 1 min) for smoke tests"
+    )
+    parser.add_argument(
+        "--recording",
+        action="store_true",
+        help="only the recording on vs off comparison (direct and the two aiohttp gateways; "
+        "no httpx, no streams)",
+    )
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the tables here")
     args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
+    defaults = QUICK if args.quick else RECORDING_ONLY if args.recording else FULL
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -94,17 +131,60 @@ def _plan(args: argparse.Namespace) -> Plan:
     )
 
 
+def _recorded(gateway: Service) -> float:
+    """Events the gateway's recorder has disposed of: written or counted as dropped."""
+    samples = metric_samples(gateway)
+    return metric_sum(samples, WRITTEN_EVENTS) + metric_sum(samples, DROPPED_EVENTS)
+
+
 async def _measure(
-    emulator: Service, gateways: dict[str, Service], plan: Plan, progress: Progress
+    emulator: Service,
+    gateways: dict[GatewaySpec, Service],
+    plan: Plan,
+    progress: Progress,
+    streams: bool,
 ) -> dict[str, TargetData]:
-    targets: list[Target] = [DirectTarget(emulator.url, plan.concurrency)]
-    targets += [GatewayTarget(f"gw {kind}", gw.target, gw.pid) for kind, gw in gateways.items()]
+    targets: list[Target] = [DirectTarget(emulator.url, plan.concurrency, streams=streams)]
+    targets += [
+        GatewayTarget(
+            spec.name,
+            gw.target,
+            gw.pid,
+            streams=streams and spec.main_table,
+            recorded=partial(_recorded, gw) if spec.record_usage else None,
+        )
+        for spec, gw in gateways.items()
+    ]
     try:
         await warm_up(targets, plan, progress)
-        return await run_phases(targets, plan, progress)
+        data = await run_phases(targets, plan, progress)
+        for target in targets:
+            data[target.name].calls = target.calls
+        return data
     finally:
         for target in targets:
             await target.aclose()
+
+
+def _check_stores(
+    services: Services, gateways: dict[GatewaySpec, Service], data: dict[str, TargetData]
+) -> None:
+    """Read the recorder counters, stop each gateway (it flushes on SIGTERM), count rows."""
+    for spec, gateway in gateways.items():
+        samples = metric_samples(gateway)
+        target = data[spec.name]
+        target.written_events = metric_sum(samples, WRITTEN_EVENTS)
+        target.dropped_events = metric_sum(samples, DROPPED_EVENTS)
+    for spec, gateway in gateways.items():
+        code = services.stop(gateway)
+        if code != 0:
+            raise ServiceError(
+                f"{gateway.name} exited with code {code} on SIGTERM; last output:\n"
+                f"{gateway.log_tail()}"
+            )
+        assert gateway.store_path is not None
+        target = data[spec.name]
+        target.store_rows, target.labelled_rows = usage_rows(gateway.store_path)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -114,6 +194,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace, console: Console, log: Console) -> int:
     plan = _plan(args)
     started = time.monotonic()
+    specs = [spec for spec in GATEWAYS if not args.recording or spec.http_client == "aiohttp"]
 
     def progress(message: str) -> None:
         log.print(f"[dim]{time.monotonic() - started:6.1f}s  {message}[/dim]", highlight=False)
@@ -122,28 +203,39 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
         progress("starting the emulator and the gateways")
         emulator = services.start_emulator()
         wait_emulator_ready(emulator)
-        gateways = {kind: services.start_gateway(kind, emulator.url) for kind in HTTP_CLIENTS}
+        gateways = {
+            spec: services.start_gateway(
+                spec.name.replace(" ", "-"),
+                spec.http_client,
+                emulator.url,
+                record_usage=spec.record_usage,
+            )
+            for spec in specs
+        }
         for gateway in gateways.values():
             wait_gateway_ready(gateway)
-        idle = {kind: rss_mib(gw.pid) for kind, gw in gateways.items()}
+        idle = {spec: rss_mib(gw.pid) for spec, gw in gateways.items()}
 
-        data = asyncio.run(_measure(emulator, gateways, plan, progress))
+        data = asyncio.run(_measure(emulator, gateways, plan, progress, not args.recording))
 
-        for kind, gateway in gateways.items():
+        for spec, gateway in gateways.items():
             gateway.check_alive()
-            target = data[f"gw {kind}"]
-            target.rss_idle_mib = idle[kind]
+            target = data[spec.name]
+            target.rss_idle_mib = idle[spec]
             target.rss_after_mib = rss_mib(gateway.pid)
             target.rss_peak_mib = peak_rss_mib(gateway.pid)
+        progress("stopping the gateways and counting the rows in their stores")
+        _check_stores(services, gateways, data)
     progress("done")
 
-    report = build_report(data, plan)
+    main_table = [] if args.recording else [spec.name for spec in specs if spec.main_table]
+    report = build_report(data, plan, main_table, RECORDING)
     print_report(report, console)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(report))
         log.print(f"Markdown written to {args.markdown}")
-    return 1 if any(target.errors for target in data.values()) else 0
+    return 1 if report.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,10 @@
 Every phase runs `rounds` times; in each round every target gets one block, and the order of
 the targets rotates from round to round, so slow drift and bursts of noise on a shared
 machine land on all of them alike. All samples are taken in this one client process.
+
+After each block the bench pauses until the target's usage recorder has written every event
+of its calls: a recorder's last batch is written up to a flush interval after the last call,
+and would otherwise run during (and be charged to) the next target's block.
 """
 
 from __future__ import annotations
@@ -28,6 +32,18 @@ STREAM_DELAY_MS = 20
 STREAM_PROMPT = (
     f"[[chunks:{STREAM_CHUNKS}]] [[chunk_delay_ms:{STREAM_DELAY_MS}]] Tell the benchmark a story."
 )
+# Every generate request carries labels, so label validation and handling are measured too.
+LABELS = {"team": "bench", "env": "load"}
+# Pause after each block: longer than the recorder's flush interval (0.2 s), so its last
+# partial batch is written before the next block starts.
+SETTLE_S = 0.25
+# Throughput is taken between these shares of a block's completions: the steady state,
+# without the ramp-up of the workers or the drain at the end, and without whatever a gateway
+# defers past the block (its recorder's last batch), which a whole-block rate would miss.
+STEADY_FROM, STEADY_TO = 0.1, 0.9
+# Upper bound on waiting for a recorder to catch up; past it the run goes on (and the final
+# store check reports what was lost).
+DRAIN_TIMEOUT_S = 10.0
 # One blank line ends an SSE event; accept both line endings.
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
 
@@ -41,6 +57,10 @@ class BenchError(RuntimeError):
 class Target(Protocol):
     name: str
     pid: int | None  # the gateway process, whose CPU time is sampled; None for direct
+    calls: int  # generate calls started (unary and streaming), warm-up included
+    streams: bool  # whether it takes part in the streaming phase
+    # For a gateway that records usage: events its recorder has written or dropped so far.
+    recorded: Callable[[], float] | None
 
     async def unary(self) -> None: ...
 
@@ -52,15 +72,20 @@ class Target(Protocol):
 
 
 def _body(prompt: str) -> bytes:
-    return json.dumps({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}).encode()
+    # What the gateway sends upstream for the same request: contents and labels.
+    contents = [{"role": "user", "parts": [{"text": prompt}]}]
+    return json.dumps({"contents": contents, "labels": LABELS}).encode()
 
 
 class DirectTarget:
     """REST straight to the emulator with one reused aiohttp session, parsing JSON and SSE."""
 
-    def __init__(self, base_url: str, connections: int) -> None:
+    def __init__(self, base_url: str, connections: int, *, streams: bool = True) -> None:
         self.name = "direct"
-        self.pid = None
+        self.pid: int | None = None
+        self.calls = 0
+        self.streams = streams
+        self.recorded: Callable[[], float] | None = None
         model_url = f"{base_url}/v1beta/models/{MODEL}"
         self._unary_url = f"{model_url}:generateContent"
         self._stream_url = f"{model_url}:streamGenerateContent?alt=sse"
@@ -70,6 +95,7 @@ class DirectTarget:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections))
 
     async def unary(self) -> None:
+        self.calls += 1
         async with self._session.post(
             self._unary_url, data=self._unary_body, headers=self._headers
         ) as response:
@@ -80,6 +106,7 @@ class DirectTarget:
             raise BenchError("answer without candidates")
 
     async def stream(self) -> list[float]:
+        self.calls += 1
         start = time.perf_counter()
         arrivals = []
         async with self._session.post(
@@ -110,17 +137,29 @@ class GatewayTarget:
     """The gateway through one reused grpc.aio channel; chunk times are taken as each
     deserialized message comes out of the call, the same point as the direct JSON parse."""
 
-    def __init__(self, name: str, target: str, pid: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        pid: int,
+        *,
+        streams: bool = True,
+        recorded: Callable[[], float] | None = None,
+    ) -> None:
         self.name = name
-        self.pid = pid
+        self.pid: int | None = pid
+        self.calls = 0
+        self.streams = streams
+        self.recorded: Callable[[], float] | None = recorded
         self._client = GatewayClient(target)
         self._stub = self._client.generative
         self._health = health_pb2_grpc.HealthStub(self._client.channel)
         self._health_request = health_pb2.HealthCheckRequest()
-        self._unary_request = text_request(MODEL, UNARY_PROMPT)
-        self._stream_request = text_request(MODEL, STREAM_PROMPT)
+        self._unary_request = text_request(MODEL, UNARY_PROMPT, labels=LABELS)
+        self._stream_request = text_request(MODEL, STREAM_PROMPT, labels=LABELS)
 
     async def unary(self) -> None:
+        self.calls += 1
         response = await self._stub.GenerateContent(self._unary_request)
         if not response_text(response):
             raise BenchError("answer without text")
@@ -139,6 +178,7 @@ class GatewayTarget:
             call.cancel()
 
     async def stream(self) -> list[float]:
+        self.calls += 1
         start = time.perf_counter()
         arrivals = []
         async for _chunk in self._stub.StreamGenerateContent(self._stream_request):
@@ -162,14 +202,22 @@ class TargetData:
     latency_s: list[list[float]] = field(default_factory=list)
     health_s: list[list[float]] = field(default_factory=list)  # gateways only
     watch_s: list[list[float]] = field(default_factory=list)  # gateways only
-    throughput: list[tuple[int, float]] = field(default_factory=list)  # (requests, seconds)
-    cpu_s: list[float] = field(default_factory=list)  # gateway CPU per throughput block
+    throughput: list[tuple[int, float]] = field(default_factory=list)  # steady (calls, s)
+    block_calls: list[int] = field(default_factory=list)  # successful calls per block
+    cpu_s: list[float] = field(default_factory=list)  # gateway CPU per block, drain included
     streams: list[list[list[float]]] = field(default_factory=list)  # round -> call -> chunk
     errors: int = 0
     first_error: str | None = None
     rss_idle_mib: float | None = None
     rss_after_mib: float | None = None
     rss_peak_mib: float | None = None
+    undrained: int = 0  # blocks after which the recorder had not caught up in time
+    # The store check, gateways only: generate calls made, and what the gateway kept of them.
+    calls: int = 0
+    store_rows: int | None = None  # rows in usage_events after the gateway stopped
+    labelled_rows: int | None = None  # of which carry the bench's labels
+    written_events: float | None = None  # gateway_recorder_written_events_total
+    dropped_events: float | None = None  # gateway_recorder_dropped_events_total, all reasons
 
     def error(self, exc: BaseException) -> None:
         self.errors += 1
@@ -209,15 +257,22 @@ async def _latency_block(
     return samples
 
 
+@dataclass(frozen=True)
+class Block:
+    calls: int  # successful calls
+    steady_calls: int  # of which completed between STEADY_FROM and STEADY_TO
+    steady_s: float  # the time those took
+
+
 async def _concurrent(
     call: Callable[[], Awaitable[object]], count: int, concurrency: int, data: TargetData
-) -> tuple[int, float]:
-    """`count` calls by `concurrency` workers; returns (successful calls, wall seconds)."""
+) -> Block:
+    """`count` calls by `concurrency` workers."""
     remaining = count
-    done = 0
+    completions: list[float] = []
 
     async def worker() -> None:
-        nonlocal remaining, done
+        nonlocal remaining
         while remaining > 0:
             remaining -= 1
             try:
@@ -225,16 +280,20 @@ async def _concurrent(
             except _CALL_ERRORS as exc:
                 data.error(exc)
             else:
-                done += 1
+                completions.append(time.perf_counter())
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done, time.perf_counter() - start
+    done = len(completions)
+    first, last = int(done * STEADY_FROM), int(done * STEADY_TO) - 1
+    if last - first < 10:  # too few calls for a window: the whole block
+        return Block(done, done, (completions[-1] if completions else start) - start)
+    return Block(done, last - first, completions[last] - completions[first])
 
 
 async def _stream_block(target: Target, count: int, data: TargetData) -> list[list[float]]:
     calls = []
-    watches = []
+    watches: list[float] = []
     for _ in range(count):
         try:
             calls.append(await target.stream())
@@ -249,6 +308,19 @@ async def _stream_block(target: Target, count: int, data: TargetData) -> list[li
     return calls
 
 
+async def settle(target: Target, data: TargetData) -> None:
+    """Pause after a block; for a recording gateway, until its recorder has caught up."""
+    await asyncio.sleep(SETTLE_S)
+    if target.recorded is None:
+        return
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while target.recorded() < target.calls:
+        if time.monotonic() > deadline:
+            data.undrained += 1
+            return
+        await asyncio.sleep(0.05)
+
+
 def _rotated(targets: list[Target], shift: int) -> list[Target]:
     shift %= len(targets)
     return targets[shift:] + targets[:shift]
@@ -256,14 +328,19 @@ def _rotated(targets: list[Target], shift: int) -> list[Target]:
 
 async def warm_up(targets: list[Target], plan: Plan, progress: Progress) -> None:
     """Open connections and touch every code path before anything is recorded."""
-    progress(f"warm-up: {plan.warmup} unary, a c={plan.concurrency} burst, 3 streams each")
+    streams = ", 3 streams" if any(target.streams for target in targets) else ""
+    progress(f"warm-up: {plan.warmup} unary, a c={plan.concurrency} burst{streams} each")
     scratch = TargetData()
     for target in targets:
         await _latency_block(target.unary, plan.warmup, scratch)
         if isinstance(target, GatewayTarget):
             await _latency_block(target.health, plan.warmup, scratch)
         await _concurrent(target.unary, plan.concurrency * 4, plan.concurrency, scratch)
-        await _stream_block(target, 3, scratch)
+        if target.streams:
+            await _stream_block(target, 3, scratch)
+        await settle(target, scratch)
+    if scratch.undrained:
+        raise BenchError(f"a usage recorder did not catch up within {DRAIN_TIMEOUT_S:.0f}s")
     if scratch.errors:
         raise BenchError(f"warm-up failed {scratch.errors} times; first: {scratch.first_error}")
 
@@ -282,27 +359,35 @@ async def run_phases(
             target_data.latency_s.append(await _latency_block(target.unary, count, target_data))
             if isinstance(target, GatewayTarget):
                 target_data.health_s.append(await _latency_block(target.health, count, target_data))
+            await settle(target, target_data)
 
     progress(f"throughput, c={plan.concurrency}: {plan.throughput_requests} calls per target")
     for round_ in range(plan.rounds):
         for target in _rotated(targets, round_):
             cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
-            result = await _concurrent(
+            block = await _concurrent(
                 target.unary,
                 plan.per_round(plan.throughput_requests),
                 plan.concurrency,
                 data[target.name],
             )
-            data[target.name].throughput.append(result)
+            data[target.name].throughput.append((block.steady_calls, block.steady_s))
+            data[target.name].block_calls.append(block.calls)
+            # CPU until the recorder has written the block's events: all of the block's cost.
+            await settle(target, data[target.name])
             if target.pid:
                 data[target.name].cpu_s.append(cpu_seconds(target.pid) - cpu_before)
 
+    streaming = [target for target in targets if target.streams]
+    if not streaming:
+        return data
     progress(
         f"streaming, c=1, {STREAM_CHUNKS} chunks {STREAM_DELAY_MS} ms apart: "
         f"{plan.streams} calls per target"
     )
     for round_ in range(plan.rounds):
-        for target in _rotated(targets, round_):
+        for target in _rotated(streaming, round_):
             calls = await _stream_block(target, plan.per_round(plan.streams), data[target.name])
             data[target.name].streams.append(calls)
+            await settle(target, data[target.name])
     return data

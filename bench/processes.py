@@ -1,4 +1,9 @@
-"""The processes under test: the emulator and the two gateways, started, probed and stopped."""
+"""The processes under test: the emulator and the gateways, started, probed and stopped.
+
+Every gateway gets its own SQLite store in the run's temporary folder (never the user's
+default data folder) and a Prometheus port, so the bench can read the recorder's counters
+and, once the gateway has stopped and flushed, count the rows it wrote.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,30 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 MODEL = "gemini-2.5-flash"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
+# A gateway's own shutdown: in-flight calls get shutdown_grace_s (5 s), then the recorder
+# writes what is queued (up to 10 s). Waiting less would kill it before its last batch.
+GATEWAY_STOP_TIMEOUT_S = 20.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -35,7 +46,7 @@ def free_port() -> int:
     """A port the kernel just handed out; it stays free until a child binds it (tiny race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def _clean_env(config_dir: Path) -> dict[str, str]:
@@ -56,6 +67,9 @@ class Service:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    store_path: Path | None = None  # gateways: their SQLite file
+    metrics_port: int | None = None  # gateways: Prometheus /metrics
+    record_usage: bool = False
 
     @property
     def pid(self) -> int:
@@ -93,13 +107,15 @@ class Services:
         self._env = _clean_env(self._dir)
         self.started: list[Service] = []
 
-    def _spawn(self, name: str, args: list[str], port: int) -> Service:
+    def _spawn(
+        self, name: str, args: list[str], port: int, env: dict[str, str] | None = None
+    ) -> Service:
         log_path = self._dir / f"{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, *args],
                 cwd=REPO_ROOT,
-                env=self._env,
+                env={**self._env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -124,11 +140,38 @@ class Services:
         args += ["--chunk-delay-ms", str(chunk_delay_ms)]
         return self._spawn("emulator", args, port)
 
-    def start_gateway(self, http_client: str, upstream_url: str) -> Service:
-        port = free_port()
+    def start_gateway(
+        self, name: str, http_client: str, upstream_url: str, *, record_usage: bool = True
+    ) -> Service:
+        """A gateway with default settings except the upstream, its own temporary store and
+        a metrics port; `record_usage=False` turns the usage recorder off."""
+        port, metrics_port = free_port(), free_port()
+        store_path = self._dir / f"{name}.db"
+        env = {"GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{store_path}"}
+        if not record_usage:
+            env["GEMINI_GATEWAY_RECORD_USAGE"] = "false"
         args = ["-m", "gemini_gateway.cli", "serve", "--upstream", upstream_url, "--host", HOST]
         args += ["--port", str(port), "--http-client", http_client, "--log-level", "WARNING"]
-        return self._spawn(f"gateway-{http_client}", args, port)
+        args += ["--metrics-port", str(metrics_port)]
+        service = self._spawn(name, args, port, env)
+        service.store_path = store_path
+        service.metrics_port = metrics_port
+        service.record_usage = record_usage
+        return service
+
+    def stop(self, service: Service, timeout_s: float = GATEWAY_STOP_TIMEOUT_S) -> int:
+        """SIGTERM one service and wait for its own shutdown; returns its exit code."""
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+        try:
+            return service.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
+            raise ServiceError(
+                f"{service.name} did not stop within {timeout_s:.0f}s after SIGTERM; "
+                f"last output:\n{service.log_tail()}"
+            ) from None
 
     def stop_all(self) -> None:
         for service in self.started:
@@ -221,3 +264,40 @@ def cpu_seconds(pid: int) -> float:
         # The command name may contain spaces; the numeric fields follow its closing ')'.
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def metric_samples(service: Service, timeout_s: float = 5.0) -> dict[str, float]:
+    """The gateway's Prometheus samples, keyed `name{label="value",...}` (labels sorted)."""
+    if service.metrics_port is None:
+        raise ServiceError(f"{service.name} has no metrics port")
+    url = f"http://{HOST}:{service.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        raise ServiceError(f"cannot read {url}: {exc}") from exc
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def metric_sum(samples: dict[str, float], name: str) -> float:
+    """Sum of a metric over all its label values; 0 when it has none yet (a labelled
+    counter only appears once a value of its label has been used)."""
+    return sum(v for key, v in samples.items() if key == name or key.startswith(name + "{"))
+
+
+def usage_rows(store_path: Path) -> tuple[int, int]:
+    """(rows in usage_events, rows among them with labels team=bench), read with sqlite3
+    from a store whose gateway has stopped (so every batch is committed)."""
+    if not store_path.exists():
+        raise ServiceError(f"store {store_path} was not created")
+    with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
+        total, labelled = db.execute(
+            "SELECT count(*), "
+            "coalesce(sum(json_extract(labels, '$.team') = 'bench'), 0) FROM usage_events"
+        ).fetchone()
+    return int(total), int(labelled)

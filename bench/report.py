@@ -1,4 +1,4 @@
-"""Turns raw samples into one table (rich on the terminal, optionally Markdown) plus verdicts."""
+"""Turns raw samples into tables (rich on the terminal, optionally Markdown) plus verdicts."""
 
 from __future__ import annotations
 
@@ -21,22 +21,8 @@ DIRECT = "direct"
 TARGET_ADDED_P50_MS = 1.0
 TARGET_ADDED_P99_MS = 3.0
 TARGET_ADDED_TTFC_P50_MS = 1.0
-
-
-@dataclass
-class Row:
-    measure: str
-    direct: str
-    gateways: list[str]
-    added: list[str]
-
-
-@dataclass
-class Report:
-    gateways: list[str]
-    rows: list[Row]
-    notes: list[str]
-    meta: str
+# Throughput with usage recording on, as a share of the same gateway with it off.
+TARGET_RECORDING_RATIO = 0.95
 
 
 # --- summaries of one target -------------------------------------------------------------
@@ -77,14 +63,14 @@ def throughput_rounds(data: TargetData) -> list[float]:
 
 
 def cpu_us_per_request(data: TargetData) -> float:
-    requests = sum(n for n, _ in data.throughput)
+    requests = sum(data.block_calls)
     return sum(data.cpu_s) / requests * 1e6 if data.cpu_s and requests else math.nan
 
 
 def cpu_rounds(data: TargetData) -> list[float]:
     return [
         cpu / n * 1e6 if n else math.nan
-        for cpu, (n, _) in zip(data.cpu_s, data.throughput, strict=True)
+        for cpu, n in zip(data.cpu_s, data.block_calls, strict=True)
     ]
 
 
@@ -125,8 +111,8 @@ def _ratio(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.2f}x direct"
 
 
-def _range(values: Sequence[float]) -> str:
-    return f"{min(values):+.2f} … {max(values):+.2f}" if values else "—"
+def _range(values: Sequence[float], fmt: str = "{:+.2f}") -> str:
+    return f"{fmt.format(min(values))} … {fmt.format(max(values))}" if values else "—"
 
 
 def _label(gateway: str) -> str:
@@ -136,17 +122,39 @@ def _label(gateway: str) -> str:
 # --- the report --------------------------------------------------------------------------
 
 
+@dataclass
+class TableData:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Report:
+    tables: list[TableData]
+    targets: list[str]  # one line per target: met or MISSED
+    notes: list[str]
+    meta: str
+    failed: bool  # a call failed or the store check found a mismatch
+
+
+@dataclass(frozen=True)
+class RecordingPair:
+    """The same gateway with usage recording on (default settings) and off."""
+
+    on: str
+    off: str
+
+
 def _difference_row(
     measure: str,
     metric: Callable[[TargetData], float],
     data: dict[str, TargetData],
     gateways: list[str],
-) -> Row:
+) -> list[str]:
     direct = metric(data[DIRECT])
     values = [metric(data[g]) for g in gateways]
-    return Row(
-        measure, _num(direct), [_num(v) for v in values], [_added(v - direct) for v in values]
-    )
+    return [measure, _num(direct), *map(_num, values), *(_added(v - direct) for v in values)]
 
 
 def _gateway_row(
@@ -155,27 +163,27 @@ def _gateway_row(
     data: dict[str, TargetData],
     gateways: list[str],
     digits: int = 1,
-) -> Row:
+) -> list[str]:
     values = [metric(data[g]) for g in gateways]
-    return Row(measure, "—", [_num(v, digits) for v in values], ["—" for _ in gateways])
+    return [measure, "—", *(_num(v, digits) for v in values), *("—" for _ in gateways)]
 
 
-def _rows(data: dict[str, TargetData], gateways: list[str], plan: Plan) -> list[Row]:
+def _main_table(data: dict[str, TargetData], gateways: list[str], plan: Plan) -> TableData:
     direct_rps = throughput_rps(data[DIRECT])
     rps = [throughput_rps(data[g]) for g in gateways]
     stream = f"{STREAM_CHUNKS}x{STREAM_DELAY_MS} ms"
-    return [
+    rows = [
         _difference_row("unary p50 (ms), c=1", lambda d: unary_ms(d, 50), data, gateways),
         _difference_row("unary p99 (ms), c=1", lambda d: unary_ms(d, 99), data, gateways),
         _gateway_row(
             "gRPC hop alone: Health.Check p50 (ms)", lambda d: health_ms(d, 50), data, gateways, 2
         ),
-        Row(
+        [
             f"throughput (req/s), c={plan.concurrency}",
             _num(direct_rps, 0),
-            [_num(r, 0) for r in rps],
-            [_ratio(r / direct_rps) for r in rps],
-        ),
+            *(_num(r, 0) for r in rps),
+            *(_ratio(r / direct_rps) for r in rps),
+        ],
         _difference_row(
             f"stream TTFC p50 (ms), {stream}", lambda d: ttfc_ms(d, 50), data, gateways
         ),
@@ -205,9 +213,17 @@ def _rows(data: dict[str, TargetData], gateways: list[str], plan: Plan) -> list[
         _gateway_row("gateway RSS after load (MiB)", lambda d: d.rss_after_mib, data, gateways),
         _gateway_row("gateway RSS peak (MiB)", lambda d: d.rss_peak_mib, data, gateways),
     ]
+    header = [
+        "measure",
+        DIRECT,
+        *gateways,
+        *(f"added ({_label(g)})" for g in gateways),
+    ]
+    title = "Gateway vs direct REST (usage recording on, default settings)"
+    return TableData(title, header, rows)
 
 
-def _target_note(gateway: str, data: dict[str, TargetData]) -> str:
+def _target_line(gateway: str, data: dict[str, TargetData]) -> str:
     direct, gw = data[DIRECT], data[gateway]
     checks = [
         ("added p50", unary_ms(gw, 50) - unary_ms(direct, 50), TARGET_ADDED_P50_MS),
@@ -220,7 +236,7 @@ def _target_note(gateway: str, data: dict[str, TargetData]) -> str:
         for (name, value, limit), ok in zip(checks, met, strict=True)
     ]
     verdict = "meets all targets" if all(met) else f"misses {met.count(False)} of {len(met)}"
-    return f"Targets, {gateway}: {verdict} ({'; '.join(parts)})"
+    return f"{gateway}: {verdict} ({'; '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -279,14 +295,116 @@ def _client_note(data: dict[str, TargetData], gateways: list[str]) -> str | None
     return verdict + " — " + "; ".join(texts)
 
 
-def _meta(plan: Plan) -> str:
+def _added_rounds(data: dict[str, TargetData], gateway: str) -> list[float]:
+    direct = unary_p50_rounds(data[DIRECT])
+    return [gw - d for gw, d in zip(unary_p50_rounds(data[gateway]), direct, strict=True)]
+
+
+# --- recording on vs off -----------------------------------------------------------------
+
+
+def recording_ratio(data: dict[str, TargetData], pair: RecordingPair) -> float:
+    """Throughput with recording on / off, pooled over all rounds."""
+    return throughput_rps(data[pair.on]) / throughput_rps(data[pair.off])
+
+
+def _events_cell(data: TargetData) -> str:
+    return f"{data.store_rows} / {data.calls}" if data.store_rows is not None else "—"
+
+
+def _recording_table(data: dict[str, TargetData], pair: RecordingPair, plan: Plan) -> TableData:
+    on, off = data[pair.on], data[pair.off]
+    direct = data[DIRECT]
+
+    def added_ms(d: TargetData, q: float) -> float:
+        return unary_ms(d, q) - unary_ms(direct, q)
+
+    cpu_on, cpu_off = cpu_us_per_request(on), cpu_us_per_request(off)
+    added = {q: (added_ms(on, q), added_ms(off, q)) for q in (50, 99)}
+    rss_on, rss_off = (d.rss_peak_mib or math.nan for d in (on, off))
+    dropped = "—" if on.dropped_events is None else f"{on.dropped_events:.0f}"
+    rows = [
+        [
+            f"throughput (req/s), c={plan.concurrency}",
+            _num(throughput_rps(on), 0),
+            _num(throughput_rps(off), 0),
+            f"{recording_ratio(data, pair):.1%}",
+        ],
+        [
+            f"gateway CPU per request (µs), c={plan.concurrency}",
+            _num(cpu_on, 0),
+            _num(cpu_off, 0),
+            _added(cpu_on - cpu_off, 0),
+        ],
+        *(
+            [f"added unary p{q} (ms), c=1", _added(a), _added(b), _added(a - b)]
+            for q, (a, b) in added.items()
+        ),
+        ["gateway RSS peak (MiB)", _num(rss_on, 1), _num(rss_off, 1), _added(rss_on - rss_off, 1)],
+        ["events recorded / calls made", _events_cell(on), _events_cell(off), "—"],
+        ["recorder dropped events", dropped, "—", "—"],
+    ]
+    header = ["measure", "recording on", "recording off", "on vs off"]
+    return TableData(f"Usage recording on vs off ({_label(pair.on)})", header, rows)
+
+
+def _store_ok(data: TargetData, recording: bool) -> bool:
+    expected = data.calls if recording else 0
+    return (
+        data.store_rows == expected
+        and data.labelled_rows == expected
+        and not data.dropped_events
+        and not data.undrained
+    )
+
+
+def _store_note(name: str, data: TargetData, recording: bool) -> str:
+    verdict = "OK" if _store_ok(data, recording) else "MISMATCH"
+    what = "recording on" if recording else "recording off, expected none"
+    dropped = "—" if data.dropped_events is None else f"{data.dropped_events:.0f}"
+    written = "—" if data.written_events is None else f"{data.written_events:.0f}"
+    late = f"; the recorder fell behind after {data.undrained} blocks" if data.undrained else ""
+    return (
+        f"store check, {name} ({what}): {data.store_rows} rows in usage_events for "
+        f"{data.calls} generate calls, {data.labelled_rows} with the bench's labels; "
+        f"recorder written {written}, dropped {dropped}{late}: {verdict}"
+    )
+
+
+def _recording_notes(data: dict[str, TargetData], pair: RecordingPair) -> list[str]:
+    on, off = data[pair.on], data[pair.off]
+    ratios = [a / b for a, b in zip(throughput_rounds(on), throughput_rounds(off), strict=True)]
+    above = sum(r >= TARGET_RECORDING_RATIO for r in ratios)
+    cpu = [a - b for a, b in zip(cpu_rounds(on), cpu_rounds(off), strict=True)]
+    return [
+        "Recording on/off throughput per round, a noise gauge: "
+        f"{_range(ratios, '{:.1%}')}, median {percentile(ratios, 50):.1%} "
+        f"(≥ {TARGET_RECORDING_RATIO:.0%} in {above}/{len(ratios)} rounds); "
+        f"CPU per request on - off per round: {_range(cpu, '{:+.0f}')} µs, "
+        f"median {percentile(cpu, 50):+.0f} µs"
+    ]
+
+
+def _recording_target(data: dict[str, TargetData], pair: RecordingPair) -> str:
+    ratio = recording_ratio(data, pair)
+    verdict = "met" if ratio >= TARGET_RECORDING_RATIO else "MISSED"
+    return (
+        f"recording on vs off throughput >= {TARGET_RECORDING_RATIO:.0%}: {verdict} ({ratio:.1%})"
+    )
+
+
+def _meta(plan: Plan, streams: bool) -> str:
     versions = ", ".join(f"{p} {version(p)}" for p in ("grpcio", "aiohttp", "httpx"))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    calls = (
+        f"{plan.latency_requests} unary calls at c=1, {plan.throughput_requests} at "
+        f"c={plan.concurrency}"
+    )
+    if streams:
+        calls += f", {plan.streams} streams"
     return (
         f"{stamp}; {platform.python_implementation()} {platform.python_version()}, {versions}; "
-        f"{platform.machine()} with {_cpus()} CPUs; {plan.rounds} rounds; per target "
-        f"{plan.latency_requests} unary calls at c=1, {plan.throughput_requests} at "
-        f"c={plan.concurrency}, {plan.streams} streams"
+        f"{platform.machine()} with {_cpus()} CPUs; {plan.rounds} rounds; per target {calls}"
     )
 
 
@@ -294,59 +412,75 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _added_rounds(data: dict[str, TargetData], gateway: str) -> list[float]:
-    direct = unary_p50_rounds(data[DIRECT])
-    return [gw - d for gw, d in zip(unary_p50_rounds(data[gateway]), direct, strict=True)]
-
-
-def build_report(data: dict[str, TargetData], plan: Plan) -> Report:
-    gateways = [name for name in data if name != DIRECT]
-    notes = [_target_note(g, data) for g in gateways]
-    notes.append(
-        "Added unary p50 per round (ms), a noise gauge: "
-        + "; ".join(f"{_label(g)} {_range(_added_rounds(data, g))}" for g in gateways)
-    )
-    client_note = _client_note(data, gateways)
-    if client_note:
-        notes.append(client_note)
+def build_report(
+    data: dict[str, TargetData],
+    plan: Plan,
+    gateways: list[str],
+    recording: RecordingPair | None = None,
+) -> Report:
+    """`gateways` are compared with direct in the main table (none: no main table);
+    `recording` adds the on/off table, its target and the store checks."""
+    tables, targets, notes = [], [], []
+    if gateways:
+        tables.append(_main_table(data, gateways, plan))
+        targets += [_target_line(g, data) for g in gateways]
+        notes.append(
+            "Added unary p50 per round (ms), a noise gauge: "
+            + "; ".join(f"{_label(g)} {_range(_added_rounds(data, g))}" for g in gateways)
+        )
+        client_note = _client_note(data, gateways)
+        if client_note:
+            notes.append(client_note)
+    failed = False
+    if recording is not None:
+        tables.append(_recording_table(data, recording, plan))
+        targets.append(_recording_target(data, recording))
+        notes += _recording_notes(data, recording)
+    for name, target in data.items():
+        if target.store_rows is None:
+            continue
+        recorded = name != (recording.off if recording else None)
+        notes.append(_store_note(name, target, recorded))
+        failed |= not _store_ok(target, recorded)
     for name, target in data.items():
         if target.errors:
+            failed = True
             notes.append(
                 f"ERRORS: {name} failed {target.errors} calls; first: {target.first_error}"
             )
-    return Report(gateways, _rows(data, gateways, plan), notes, _meta(plan))
+    return Report(tables, targets, notes, _meta(plan, bool(gateways)), failed)
 
 
 def print_report(report: Report, console: Console) -> None:
-    table = Table(title="Gateway vs direct REST", caption=report.meta, caption_justify="left")
-    table.add_column("measure")
-    table.add_column(DIRECT, justify="right")
-    for gateway in report.gateways:
-        table.add_column(gateway, justify="right")
-    for gateway in report.gateways:
-        table.add_column(f"added ({_label(gateway)})", justify="right", style="bold")
-    for row in report.rows:
-        table.add_row(row.measure, row.direct, *row.gateways, *row.added)
-    console.print(table)
+    for table_data in report.tables:
+        table = Table(title=table_data.title)
+        for i, name in enumerate(table_data.header):
+            table.add_column(name, justify="left" if i == 0 else "right")
+        for row in table_data.rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"[dim]{report.meta}[/dim]", highlight=False)
+    console.print("[bold]Targets[/bold]")
+    for line in report.targets:
+        console.print(f"• {line}", highlight=False)
+    console.print("[bold]Notes[/bold]")
     for note in report.notes:
         console.print(f"• {note}", highlight=False)
 
 
 def markdown(report: Report) -> str:
-    header = [
-        "measure",
-        DIRECT,
-        *report.gateways,
-        *(f"added ({_label(g)})" for g in report.gateways),
-    ]
-    lines = [
-        f"Run: {report.meta}.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
-    ]
-    for row in report.rows:
-        lines.append("| " + " | ".join([row.measure, row.direct, *row.gateways, *row.added]) + " |")
-    lines.append("")
-    lines.extend(f"- {note}" for note in report.notes)
+    lines = [f"Run: {report.meta}.", ""]
+    for table in report.tables:
+        lines += [
+            f"**{table.title}**",
+            "",
+            "| " + " | ".join(table.header) + " |",
+            "|" + "|".join(["---", *["---:"] * (len(table.header) - 1)]) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+        lines.append("")
+    lines += ["Targets:", ""]
+    lines += [f"- {line}" for line in report.targets]
+    lines += ["", "Notes:", ""]
+    lines += [f"- {note}" for note in report.notes]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,26 +15,31 @@ from typing import TYPE_CHECKING
 import grpc
 from google.longrunning import operations_proto_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 import gemini_gateway.generated.google.ai.generativelanguage.v1beta as v1beta
 from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
 from gemini_gateway.generated.gemini.gateway.v1 import usage_pb2, usage_pb2_grpc
+from gemini_gateway.generated.google.ai.generativelanguage.v1 import (
+    generative_service_pb2 as v1_generative_service_pb2,
+)
+from gemini_gateway.generated.google.ai.generativelanguage.v1 import (
+    model_service_pb2 as v1_model_service_pb2,
+)
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
     model_service_pb2,
 )
+from gemini_gateway.server import reflection, startup
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.identity import CallerDirectory
 from gemini_gateway.server.metering import UsageMetrics
 from gemini_gateway.server.metrics import MetricsInterceptor, serve_metrics
 from gemini_gateway.server.operations import WAIT_OPERATION, LocalOperations
-from gemini_gateway.server.pricing import PriceTable
 from gemini_gateway.server.recorder import Recorder
 from gemini_gateway.server.routes import RouteTable, load_service_config_rules
 from gemini_gateway.server.services.usage import UsageServicer
-from gemini_gateway.server.store import Store, open_store
+from gemini_gateway.server.store import Store
 from gemini_gateway.server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
 from gemini_gateway.server.validation import VALIDATORS
 
@@ -42,11 +48,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Services forwarded to the REST API, each method by its google.api.http rule.
+# Services forwarded to the REST API, each method by its google.api.http rule: Google's v1beta
+# and v1 surfaces (their paths differ by the /v1beta or /v1 prefix).
 FORWARDED_SERVICES = (
     generative_service_pb2.DESCRIPTOR.services_by_name["GenerativeService"],
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
     operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
+    v1_generative_service_pb2.DESCRIPTOR.services_by_name["GenerativeService"],
+    v1_model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
 )
 # The gateway's own services, served without an upstream counterpart.
 LOCAL_SERVICES = (
@@ -97,15 +106,14 @@ class Gateway:
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert_file is None:
+    """TLS from the settings' PEM files, checked first: StartupError names a bad one."""
+    files = startup.read_tls_files(settings)
+    if files is None:
         return None
-    if settings.tls_key_file is None:
-        raise ValueError("tls_cert_file needs tls_key_file")
-    root = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=root,
-        require_client_auth=root is not None,
+        [(files.key, files.chain)],
+        root_certificates=files.client_ca,
+        require_client_auth=files.client_ca is not None,
     )
 
 
@@ -115,16 +123,44 @@ async def start_gateway(
     """Validate the routes, connect the upstream and start serving.
 
     `flavour` overrides the upstream chosen by settings (tests give Vertex AI a token).
+    A problem the user can fix raises startup.StartupError, which says how; a start-up
+    that fails closes whatever it had opened (store, recorder, emulator, upstream client).
     """
     settings = settings or Settings()
+    # The quick checks come first: a busy port or a bad file costs no migration or emulator.
+    credentials = _server_credentials(settings)
+    startup.check_port(settings.host, settings.port)
+    if flavour is None and settings.upstream == "vertex":
+        flavour = startup.vertex_flavour(settings)
+    try:
+        async with AsyncExitStack() as opened:
+            gateway = await _start(settings, flavour, credentials, opened)
+            opened.pop_all()  # from here on Gateway.stop closes them
+    except ModuleNotFoundError as exc:
+        problem = startup.missing_module(exc)
+        if problem is None:
+            raise
+        raise problem from exc
+    return gateway
+
+
+async def _start(
+    settings: Settings,
+    flavour: Flavour | None,
+    credentials: grpc.ServerCredentials | None,
+    opened: AsyncExitStack,
+) -> Gateway:
+    """start_gateway's work; each thing opened is pushed on `opened`, closed on failure."""
     routes = build_route_table()  # a bad http rule stops start-up here
     callers = CallerDirectory(settings)
-    prices = PriceTable.load(settings.price_table_file)
-    store = await open_store(settings.store_url)  # created and migrated on first start
+    prices = startup.load_price_table(settings.price_table_file)
+    store = await startup.open_store(settings.store_url)  # created and migrated on first start
+    opened.push_async_callback(store.close)
     recorder = None
     if settings.record_usage:
         recorder = Recorder(store, max_queue=settings.recorder_queue_size)
         recorder.start()
+        opened.push_async_callback(recorder.stop)
 
     emulator = None
     emulator_url = None
@@ -132,12 +168,14 @@ async def start_gateway(
         from gemini_gateway.emulator.runner import start_emulator
 
         emulator = await start_emulator()
+        opened.push_async_callback(emulator.close)
         emulator_url = emulator.url
     upstream = UpstreamClient(
         flavour or make_flavour(settings, emulator_url),
         make_transport(settings),
         settings.upstream_timeout_s,
     )
+    opened.push_async_callback(upstream.aclose)
 
     max_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
@@ -148,6 +186,7 @@ async def start_gateway(
             ("grpc.so_reuseport", 0),
         ],
     )
+    opened.push_async_callback(server.stop, 0)
     forwarder = Forwarder(
         routes,
         upstream,
@@ -159,23 +198,22 @@ async def start_gateway(
     )
     server.add_generic_rpc_handlers(forwarder.generic_handlers())
     server.add_generic_rpc_handlers(LocalOperations(forwarder).generic_handlers())
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(store, callers, prices), server
-    )
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(store, callers, prices), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = [service.full_name for service in (*FORWARDED_SERVICES, *LOCAL_SERVICES)]
-    reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME], server)
 
     address = f"{settings.host}:{settings.port}"
-    credentials = _server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # gRPC says "Failed to bind" only; a probe tells why
+        startup.check_port(settings.host, settings.port)
+        raise startup.listen_error("the gateway", settings.host, settings.port, None) from exc
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -197,26 +235,59 @@ def _cli_name() -> str:
     return cli
 
 
+def _buf() -> str:
+    """buf through npx: the checkout's own (`make serve` installs it), else npm's @bufbuild/buf.
+
+    Plain `npx buf` outside the checkout would fetch an unrelated npm package named `buf`.
+    """
+    return "npx buf" if Path("node_modules/.bin/buf").exists() else "npx -p @bufbuild/buf buf"
+
+
+def banner(gateway: Gateway, metrics_port: int | None = None) -> str:
+    """What `serve` prints: where it listens, and commands that call it, runnable as shown."""
+    settings = gateway.settings
+    target = gateway.target
+    upstream_url = getattr(gateway.upstream.flavour, "base_url", "")
+    lines = [
+        f"Gemini gRPC gateway listening on {target} (upstream: {settings.upstream} {upstream_url})"
+    ]
+    if settings.tls_cert_file is None:
+        cli = _cli_name()
+        curl = f"{_buf()} curl --protocol grpc --http2-prior-knowledge"
+        commands = [
+            f"{cli} generate 'Hello' --target {target}",
+            f"{cli} stream 'Tell me a story' --target {target}",
+            f"{curl} --list-methods http://{target}",
+            f"{curl} http://{target}/google.ai.generativelanguage.v1beta.ModelService/ListModels",
+        ]
+    else:
+        client = " --cert CLIENT.crt --key CLIENT.key" if settings.tls_client_ca_file else ""
+        commands = [
+            f"{_buf()} curl --protocol grpc --cacert CA.crt{client} --list-methods https://{target}"
+        ]
+    lines.append(f"  try:  {commands[0]}")
+    lines.extend(f"        {command}" for command in commands[1:])
+    if metrics_port is not None:
+        host = target.rsplit(":", 1)[0]
+        lines.append(f"  metrics: http://{host}:{metrics_port}/metrics")
+    return "\n".join(lines)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls."""
     gateway = await start_gateway(settings)
+    metrics_port = None
     if settings.metrics_port is not None:
-        serve_metrics(settings.host, settings.metrics_port)
+        try:
+            metrics_port = serve_metrics(settings.host, settings.metrics_port)
+        except BaseException:
+            await gateway.stop(0)
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    upstream_url = getattr(gateway.upstream.flavour, "base_url", "")
-    cli = _cli_name()
-    print(
-        f"Gemini gRPC gateway listening on {gateway.target} "
-        f"(upstream: {settings.upstream} {upstream_url})\n"
-        f"  try:  {cli} generate 'Hello' --target {gateway.target}\n"
-        f"        {cli} stream 'Tell me a story' --target {gateway.target}\n"
-        f"        npx buf curl --protocol grpc --http2-prior-knowledge "
-        f"http://{gateway.target}/google.ai.generativelanguage.v1beta.ModelService/ListModels",
-        flush=True,
-    )
+    print(banner(gateway, metrics_port), flush=True)
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
