@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from gemini_gateway.emulator.errors import FAULT_HTTP_CODES
 
@@ -97,7 +98,8 @@ def parse_fault(spec: str) -> FaultPlan:
         kind = "raw" if name == "stream_error_raw" else "data"
         return FaultPlan(stream_error=kind, stream_error_code=code)
     if not arg and name in ("disconnect", "malformed", "html", "tuning_failed"):
-        return FaultPlan(**{name: True})
+        switch: dict[str, Any] = {name: True}
+        return FaultPlan(**switch)
     raise FaultSyntaxError(f"unknown emulator fault {spec!r}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 from aiohttp import web
 
@@ -53,6 +53,10 @@ def items(obj: Any, name: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+@overload
+def as_int(value: Any, default: int) -> int: ...
+@overload
+def as_int(value: Any, default: int | None = None) -> int | None: ...
 def as_int(value: Any, default: int | None = None) -> int | None:
     """Integers arrive as JSON numbers or, for int64 fields, as strings."""
     if isinstance(value, bool):
@@ -69,6 +73,10 @@ def as_int(value: Any, default: int | None = None) -> int | None:
     return default
 
 
+@overload
+def as_float(value: Any, default: float) -> float: ...
+@overload
+def as_float(value: Any, default: float | None = None) -> float | None: ...
 def as_float(value: Any, default: float | None = None) -> float | None:
     if isinstance(value, bool):
         return default

@@ -14,7 +14,7 @@ path to its base URL (`url`) and gives the auth headers (`headers`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,8 @@ from gemini_gateway.server import errors
 from gemini_gateway.server.config import GEMINI_API_URL, Settings
 from gemini_gateway.server.routes import HttpCall, UpstreamRules
 
-Metadata = Sequence[tuple[str, str | bytes]]
+# A call's metadata as grpc.aio gives it (grpc.aio.Metadata or a tuple of pairs).
+Metadata = Collection[tuple[str, str | bytes]]
 
 # Vertex AI's paths for the v1beta methods; `project` and `location` come from settings.
 VERTEX_SERVICE_CONFIG = Path(next(iter(v1beta.__path__))) / "vertex_ai_v1.yaml"

@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from gemini_gateway.server import errors
 from gemini_gateway.server.identity import CallerDirectory, Identity
 from gemini_gateway.server.labels import LabelError, LabelSet
-from gemini_gateway.server.metering import GENERATE_REQUEST, CallMeter, UsageMetrics
+from gemini_gateway.server.metering import GENERATE_REQUESTS, CallMeter, UsageMetrics
 from gemini_gateway.server.recorder import Recorder
 from gemini_gateway.server.routes import HttpCall, Route, RouteTable
 from gemini_gateway.server.sse import SseReader
@@ -141,7 +141,7 @@ class Forwarder:
         """
         identity = self.callers.identify(context.invocation_metadata() or ())
         self._check(route, request)
-        if route.method.input_type.full_name != GENERATE_REQUEST:
+        if route.method.input_type.full_name not in GENERATE_REQUESTS:
             return route.to_http(request), None
         labels = self._merge_labels(request, identity)
         call = route.to_http(request)

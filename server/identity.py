@@ -9,7 +9,7 @@ With no callers configured every call belongs to project `default`, caller `anon
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,7 +19,8 @@ from gemini_gateway.server.config import Settings
 
 DEFAULT_PROJECT = "default"
 ANONYMOUS = "anonymous"
-Metadata = Sequence[tuple[str, str | bytes]]
+# A call's metadata as grpc.aio gives it (grpc.aio.Metadata or a tuple of pairs).
+Metadata = Collection[tuple[str, str | bytes]]
 
 
 @dataclass(frozen=True)

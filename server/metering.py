@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, Counter
 
+from gemini_gateway.generated.google.ai.generativelanguage.v1 import (
+    generative_service_pb2 as v1_generative_service_pb2,
+)
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
 )
@@ -23,7 +26,12 @@ from gemini_gateway.server import errors
 from gemini_gateway.server.identity import Identity
 from gemini_gateway.server.recorder import Recorder, UsageEvent
 
-GENERATE_REQUEST = generative_service_pb2.GenerateContentRequest.DESCRIPTOR.full_name
+# The generate requests of every API version served (v1beta, v1): calls carrying one have
+# their labels checked and are metered.
+GENERATE_REQUESTS = frozenset(
+    module.GenerateContentRequest.DESCRIPTOR.full_name
+    for module in (generative_service_pb2, v1_generative_service_pb2)
+)
 
 # Token kinds as usageMetadata names them, and as the metrics' `kind` label says them.
 _TOKEN_FIELDS = (
@@ -144,7 +152,8 @@ class CallMeter:
     def finish(self, error: BaseException | None) -> None:
         status = status_name(error)
         usage = self._usage
-        counts = {kind: getattr(usage, name) if usage else 0 for kind, name in _TOKEN_FIELDS}
+        # v1's UsageMetadata has no cached_content_token_count: what a version lacks counts 0.
+        counts = {kind: getattr(usage, name, 0) if usage else 0 for kind, name in _TOKEN_FIELDS}
         first_chunk_ms = None
         if self._streaming and self._first_chunk is not None:
             first_chunk_ms = (self._first_chunk - self._started) * 1000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 from google.protobuf.message import Message
 
@@ -33,7 +34,7 @@ def _sampling(model: tuned_model_pb2.TunedModel, prefix: str, only: set[str] | N
     """Range checks of the sampling defaults (only the fields in `only`, when given)."""
     problems: Violations = []
 
-    def wanted(name: str) -> bool:
+    def wanted(name: Literal["temperature", "top_p", "top_k"]) -> bool:
         return model.HasField(name) and (only is None or name in only)
 
     low, high = TEMPERATURE_RANGE

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Literal
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -41,7 +42,9 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _time(message: usage_pb2.QueryUsageRequest, field: str) -> datetime | None:
+def _time(
+    message: usage_pb2.QueryUsageRequest, field: Literal["start_time", "end_time"]
+) -> datetime | None:
     if not message.HasField(field):
         return None
     stamp = getattr(message, field)
@@ -124,10 +127,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 raise errors.invalid_argument(str(exc)) from None
             response = usage_pb2.QueryUsageResponse(next_page_token=page.next_page_token)
             for row in page.rows:
-                message = _sums(response.rows.add(), row)
-                message.group_values.update(row.group)
+                row_message = _sums(response.rows.add(), row)
+                row_message.group_values.update(row.group)
                 if row.bucket_start is not None:
-                    message.bucket_start_time.CopyFrom(_timestamp(row.bucket_start))
+                    row_message.bucket_start_time.CopyFrom(_timestamp(row.bucket_start))
             _sums(response.totals, page.totals)
             response.price_table.currency = self._prices.currency
             response.price_table.read_on = str(self._prices.read_on)

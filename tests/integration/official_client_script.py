@@ -2,17 +2,16 @@
 
 Executed in a subprocess by test_official_client.py: the official package defines the
 same message names as generated/, so the two cannot share one process.
-Usage: python official_client_script.py HOST:PORT [generate|tune] -> prints a JSON report.
+Usage: python official_client_script.py HOST:PORT [generate [v1beta|v1] | tune]
+-> prints a JSON report. `generate` uses the v1beta client unless told v1.
 """
 
+import importlib
 import json
 import sys
 
 import grpc
 from google.ai import generativelanguage_v1beta as glm
-from google.ai.generativelanguage_v1beta.services.generative_service.transports import (
-    GenerativeServiceGrpcTransport,
-)
 from google.ai.generativelanguage_v1beta.services.model_service.transports import (
     ModelServiceGrpcTransport,
 )
@@ -20,14 +19,27 @@ from google.api_core import exceptions
 from google.rpc import error_details_pb2
 
 
-def main(target: str) -> dict:
+def clients(target: str, version: str):
+    """The version's client package and its two clients, over one plain channel."""
+    api = importlib.import_module(f"google.ai.generativelanguage_{version}")
     channel = grpc.insecure_channel(target)
-    generative = glm.GenerativeServiceClient(
-        transport=GenerativeServiceGrpcTransport(channel=channel)
+    generative_transports = importlib.import_module(
+        f"{api.__name__}.services.generative_service.transports"
     )
-    models = glm.ModelServiceClient(transport=ModelServiceGrpcTransport(channel=channel))
-    contents = [glm.Content(role="user", parts=[glm.Part(text="official client [[chunks:3]]")])]
-    report: dict = {}
+    model_transports = importlib.import_module(f"{api.__name__}.services.model_service.transports")
+    generative = api.GenerativeServiceClient(
+        transport=generative_transports.GenerativeServiceGrpcTransport(channel=channel)
+    )
+    models = api.ModelServiceClient(
+        transport=model_transports.ModelServiceGrpcTransport(channel=channel)
+    )
+    return api, generative, models
+
+
+def main(target: str, version: str = "v1beta") -> dict:
+    api, generative, models = clients(target, version)
+    contents = [api.Content(role="user", parts=[api.Part(text="official client [[chunks:3]]")])]
+    report: dict = {"version": version}
 
     response = generative.generate_content(model="models/gemini-2.5-flash", contents=contents)
     report["generate_text"] = response.candidates[0].content.parts[0].text
@@ -35,16 +47,20 @@ def main(target: str) -> dict:
     report["generate_total_tokens"] = response.usage_metadata.total_token_count
 
     stream = generative.stream_generate_content(
-        request=glm.GenerateContentRequest(model="models/gemini-2.5-flash", contents=contents)
+        request=api.GenerateContentRequest(model="models/gemini-2.5-flash", contents=contents)
     )
     report["stream_texts"] = [chunk.candidates[0].content.parts[0].text for chunk in stream]
 
     counted = generative.count_tokens(model="models/gemini-2.5-flash", contents=contents)
     report["count_tokens"] = counted.total_tokens
 
-    report["models"] = [m.name for m in models.list_models(request=glm.ListModelsRequest())]
+    report["models"] = [m.name for m in models.list_models(request=api.ListModelsRequest())]
+    report["model"] = models.get_model(name="models/gemini-2.5-flash").name
 
-    quota = [glm.Content(role="user", parts=[glm.Part(text="[[fault:429]]")])]
+    embedded = generative.embed_content(model="models/text-embedding-004", content=contents[0])
+    report["embedding_size"] = len(embedded.embedding.values)
+
+    quota = [api.Content(role="user", parts=[api.Part(text="[[fault:429]]")])]
     try:
         generative.generate_content(model="models/gemini-2.5-flash", contents=quota)
         report["quota_error"] = None
@@ -89,5 +105,8 @@ def tune(target: str) -> dict:
 
 if __name__ == "__main__":
     command = sys.argv[2] if len(sys.argv) > 2 else "generate"
-    report = tune(sys.argv[1]) if command == "tune" else main(sys.argv[1])
+    if command == "tune":
+        report = tune(sys.argv[1])
+    else:
+        report = main(sys.argv[1], *sys.argv[3:4])
     print(json.dumps(report))

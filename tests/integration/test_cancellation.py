@@ -64,14 +64,33 @@ async def test_deadline_bounds_stream(generative, emulator, http) -> None:
             received += 1
     assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert 2 <= received < 20
-    await _wait_for_cancelled(http, emulator, before)
+    # The upstream stream was closed at the deadline, not read to its end.
+    assert await _wait_for_cancelled(http, emulator, before) < 1.0
+    assert (await emulator_stats(http, emulator))["open"] == 0
 
 
 async def test_deadline_reaches_upstream_as_timeout(generative, emulator, http) -> None:
-    # A deadline shorter than the upstream's delay ends the call; a longer one succeeds.
-    request = text_request("gemini-2.5-flash", "[[fault:headers_delay:300]]")
+    # A deadline shorter than the upstream's delay ends the call and closes the upstream
+    # request; a longer one lets the same request succeed upstream.
+    request = text_request("gemini-2.5-flash", "[[fault:headers_delay:500]]")
+
+    before = await emulator_stats(http, emulator)
+    start = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await generative.GenerateContent(request, timeout=0.1)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.perf_counter() - start < 0.4  # at the deadline, not at the upstream's answer
+    # Closed by the gateway (counted as cancelled), not left to answer after its 500 ms.
+    assert await _wait_for_cancelled(http, emulator, before["cancelled"]) < 1.0
+    after = await emulator_stats(http, emulator)
+    assert after["completed"] == before["completed"]
+    assert after["open"] == 0
+
     response = await generative.GenerateContent(request, timeout=3)
     assert response.candidates
+    done = await emulator_stats(http, emulator)
+    assert done["completed"] == after["completed"] + 1
+    assert done["cancelled"] == after["cancelled"]
 
 
 async def test_upstream_time_limit_without_a_deadline(emulator) -> None:

@@ -332,12 +332,16 @@ HYPER = "tuned_model.tuning_task.hyperparameters"
 async def test_create_validation(
     stubs, tuning_emulator, http, model, tuned_model_id, fields
 ) -> None:
-    before = await _upstream_request_count(http, tuning_emulator)
+    # A description no other request carries: an upstream request with it would be this one.
+    marker = f"unforwarded-create-{next(_ids)}"
+    marked = tuned_model_pb2.TunedModel()
+    marked.CopyFrom(model)
+    marked.description = marker
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await create(stubs, model, tuned_model_id)
+        await create(stubs, marked, tuned_model_id)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _violated_fields(info.value) == fields
-    assert await _upstream_request_count(http, tuning_emulator) == before  # never forwarded
+    assert await _upstream_requests_with(http, tuning_emulator, marker) == []  # never forwarded
 
 
 @pytest.mark.parametrize(
@@ -351,16 +355,25 @@ async def test_create_validation(
     ],
 )
 async def test_update_validation(stubs, tuning_emulator, http, mask, model_fields, fields) -> None:
-    before = await _upstream_request_count(http, tuning_emulator)
+    # The name is in the upstream path: an upstream request with it would be this one.
+    marker = f"unforwarded-update-{next(_ids)}"
     request = model_service_pb2.UpdateTunedModelRequest(
-        tuned_model=tuned_model_pb2.TunedModel(name="tunedModels/any", **model_fields),
+        tuned_model=tuned_model_pb2.TunedModel(name=f"tunedModels/{marker}", **model_fields),
         update_mask=field_mask_pb2.FieldMask(paths=mask),
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stubs["models"].UpdateTunedModel(request)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _violated_fields(info.value) == fields
-    assert await _upstream_request_count(http, tuning_emulator) == before
+    assert await _upstream_requests_with(http, tuning_emulator, marker) == []  # never forwarded
+
+
+async def test_forwarded_request_is_found_by_its_marker(stubs, tuning_emulator, http) -> None:
+    # The check the validation tests rely on does see a request that was forwarded.
+    marker = f"forwarded-{next(_ids)}"
+    await create(stubs, increment_model(description=marker))
+    found = await _upstream_requests_with(http, tuning_emulator, marker)
+    assert [(e["method"], e["path"]) for e in found] == [("POST", "/v1beta/tunedModels")]
 
 
 def _violated_fields(exc: grpc.aio.AioRpcError) -> list[str]:
@@ -370,10 +383,21 @@ def _violated_fields(exc: grpc.aio.AioRpcError) -> list[str]:
     return [violation.field for violation in bad_request.field_violations]
 
 
-async def _upstream_request_count(http, emulator: EmulatorHandle) -> int:
+async def _upstream_requests_with(http, emulator: EmulatorHandle, marker: str) -> list[dict]:
+    """The emulator's logged requests whose path, query or body mention `marker`.
+
+    Found by content, not counted: the log keeps only the latest 200 requests, so once it is
+    full a count stays the same even when a request arrives. The newest entries are always
+    kept, so a request this test caused would be there.
+    """
     await asyncio.sleep(0)
     async with http.get(f"{emulator.url}/_emulator/requests") as response:
-        return len(await response.json())
+        logged = await response.json()
+    return [
+        entry
+        for entry in logged
+        if marker in json.dumps([entry["path"], entry["query"], entry["body"]])
+    ]
 
 
 async def test_official_client_create_tuned_model_result(tuning_gateway) -> None:

@@ -7,21 +7,18 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from gemini_gateway.emulator.runner import EmulatorHandle, start_emulator
-from gemini_gateway.emulator.settings import EmulatorSettings
-from gemini_gateway.server.app import Gateway, start_gateway
-from gemini_gateway.server.config import Settings
+from gemini_gateway.emulator.runner import EmulatorHandle
+from gemini_gateway.server.app import Gateway
+from tests.polyglot.conftest import ROOT, missing
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 NEEDED = {
     "node_modules/.bin/buf": "npm install",
     "node_modules/.bin/protoc-gen-es": "npm install",
@@ -33,8 +30,8 @@ NEEDED = {
 @pytest.fixture
 def node_stubs(tmp_path: Path) -> Path:
     """Stubs generated into tmp_path (never committed), importable by Node."""
-    missing = [f"{path} ({fix})" for path, fix in NEEDED.items() if not (ROOT / path).exists()]
-    assert not missing, f"missing: {', '.join(missing)}"
+    absent = missing(NEEDED)
+    assert not absent, f"missing: {absent}"
     generated = subprocess.run(
         [ROOT / "node_modules/.bin/buf", "generate",
          "--template", HERE / "buf.gen.yaml", "--output", tmp_path],
@@ -48,20 +45,6 @@ def node_stubs(tmp_path: Path) -> Path:
     # The stubs are ES-module .js files.
     (tmp_path / "package.json").write_text('{"type": "module"}\n')
     return tmp_path / "es"
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[EmulatorHandle]:
-    handle = await start_emulator(EmulatorSettings())
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-async def gateway(emulator: EmulatorHandle) -> AsyncIterator[Gateway]:
-    gw = await start_gateway(Settings(upstream="emulator", upstream_url=emulator.url, port=0))
-    yield gw
-    await gw.stop(0)
 
 
 async def test_node_stubs_generate_stream_list(

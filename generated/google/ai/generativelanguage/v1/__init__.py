@@ -1,0 +1,1 @@
+# Generated file. DO NOT EDIT. Regenerate with `make generate`.
