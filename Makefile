@@ -1,6 +1,8 @@
 # Developer commands. `make test` is what CI runs (through .ci/run).
 PY ?= .venv/bin/python
 BUF ?= node_modules/.bin/buf
+# gRPC port of `make serve`: PORT=50052 make serve
+PORT ?= 50051
 
 .PHONY: venv setup generate check-generated check-migrations lint typecheck format test bench serve
 
@@ -19,7 +21,7 @@ check-generated: generate  ## fail when generated/ differs from what protos/ pro
 	git diff --exit-code --stat -- generated/
 	test -z "$$(git status --porcelain -- generated/)"
 
-lint: typecheck   ## ruff + buf lint + buf format check + the consumer type check
+lint: typecheck mypy breaking  ## ruff + buf lint + buf format check + type checks + buf breaking
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(BUF) lint
@@ -29,6 +31,17 @@ typecheck:        ## mypy --strict on a caller of the built client distribution,
 	rm -rf build/typecheck
 	$(PY) -m pip install -q --no-deps --no-build-isolation --target build/typecheck ./client
 	MYPYPATH=build/typecheck $(PY) -m mypy --strict examples/typed_consumer.py
+
+.PHONY: mypy breaking proto-baseline
+
+mypy:             ## mypy over server, client, CLI and emulator ([tool.mypy] in pyproject.toml)
+	$(PY) scripts/run_mypy.py
+
+breaking:         ## buf breaking: protos/ against the image of the last release (protos/baseline.binpb)
+	$(BUF) breaking protos --against protos/baseline.binpb --exclude-imports
+
+proto-baseline: generate  ## at a release: rewrite protos/baseline.binpb, what `make breaking` compares with
+	$(BUF) build protos --exclude-source-info -o protos/baseline.binpb
 
 format:
 	$(PY) -m ruff format .
@@ -44,5 +57,9 @@ test: setup check-generated lint check-migrations  ## everything CI checks
 bench: venv      ## benchmark table: gateway vs direct REST (not part of `make test`)
 	$(PY) -m bench
 
-serve: venv       ## the gateway on its embedded emulator, port 50051
-	.venv/bin/gemini-gateway serve --emulator
+serve: venv node_modules/.bin/buf  ## the gateway on its embedded emulator, port $(PORT); buf for `npx buf curl`
+	.venv/bin/gemini-gateway serve --emulator --port $(PORT)
+
+node_modules/.bin/buf: package.json package-lock.json  ## what `setup` installs, again only when the lock file changes
+	npm ci --no-audit --no-fund --silent
+	touch $@

@@ -275,6 +275,10 @@ def banner(gateway: Gateway, metrics_port: int | None = None) -> str:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls."""
+    if settings.metrics_port is not None:
+        startup.check_port(
+            settings.host, settings.metrics_port, "the metrics server", "--metrics-port"
+        )
     gateway = await start_gateway(settings)
     metrics_port = None
     if settings.metrics_port is not None:

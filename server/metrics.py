@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from gemini_gateway.server.startup import listen_error
+
 log = logging.getLogger(__name__)
 
 # Forwarded calls take from a millisecond (errors) to minutes (long generations).
@@ -90,10 +92,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        # grpc's handlers are namedtuples (`_replace`), which its type stubs do not declare.
+        handler: Any = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
@@ -108,7 +113,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return handler  # client streaming (reflection): counted by nothing here
 
 
-def serve_metrics(host: str, port: int) -> None:
-    """Expose /metrics on a background thread (prometheus-client's own HTTP server)."""
-    start_http_server(port, addr=host)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+def serve_metrics(host: str, port: int) -> int:
+    """Expose /metrics on a background thread (prometheus-client's own HTTP server).
+
+    Returns the bound port (port 0 picks a free one); a port that cannot be listened on
+    raises StartupError saying which and how to choose another.
+    """
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except (OSError, OverflowError) as exc:
+        raise listen_error("the metrics server", host, port, exc, "--metrics-port") from exc
+    bound = int(server.server_port)
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound

@@ -7,17 +7,20 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
 
 from gemini_gateway.cli.common import (
+    DEBUG_ENV,
+    GatewayApp,
     KeyOpt,
     TargetOpt,
     console,
     err_console,
     rpc_error_exit,
+    set_debug,
     usage_error,
 )
 from gemini_gateway.cli.tune import tune_app
@@ -31,11 +34,42 @@ from gemini_gateway.client.gateway_client import (
 )
 from gemini_gateway.server.labels import SHOWN_CHARS, parse_label_arg, parse_label_args
 
-app = typer.Typer(
+app = GatewayApp(
     help="Gemini gRPC gateway: serve Google's Gemini API over gRPC.", no_args_is_help=True
 )
 app.add_typer(tune_app, name="tune")
 app.add_typer(usage_app, name="usage")
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar=DEBUG_ENV,
+            help=f"Show the traceback of an error (also {DEBUG_ENV}=1).",
+        ),
+    ] = False,
+) -> None:
+    """Gemini gRPC gateway: serve Google's Gemini API over gRPC."""
+    set_debug(debug)
+
+
+# Settings given by `serve` options, and the option that gives each (for error messages).
+SERVE_OPTIONS = {
+    "host": "--host",
+    "port": "--port",
+    "api_key": "--api-key",
+    "pass_through_api_key": "--pass-through-api-key",
+    "http_client": "--http-client",
+    "tls_cert_file": "--tls-cert",
+    "tls_key_file": "--tls-key",
+    "tls_client_ca_file": "--tls-client-ca",
+    "log_level": "--log-level",
+    "metrics_port": "--metrics-port",
+    "upstream_url": "--upstream",
+}
 
 
 def _run(coro: object) -> None:
@@ -77,9 +111,9 @@ def serve(
 ) -> None:
     """Start the gateway (default: embedded emulator upstream, no key needed)."""
     from gemini_gateway.server.app import serve as serve_gateway
-    from gemini_gateway.server.config import Settings
+    from gemini_gateway.server.startup import load_settings
 
-    overrides: dict[str, object] = {
+    overrides: dict[str, Any] = {
         "host": host,
         "port": port,
         "api_key": api_key,
@@ -92,14 +126,14 @@ def serve(
         "metrics_port": metrics_port,
     }
     if sum([upstream is not None, emulator, vertex]) > 1:
-        raise typer.BadParameter("choose one of --upstream, --emulator, --vertex")
+        raise usage_error("choose one of --upstream, --emulator, --vertex")
     if emulator:
         overrides.update(upstream="emulator", upstream_url=None)
     elif vertex:
         overrides["upstream"] = "vertex"
     elif upstream is not None:
         overrides.update(upstream="gemini", upstream_url=upstream)
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(overrides, SERVE_OPTIONS)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -127,8 +161,15 @@ def run_emulator(
     """Run the Gemini REST emulator on its own."""
     from gemini_gateway.emulator.runner import run_emulator as run
     from gemini_gateway.emulator.settings import EmulatorSettings
+    from gemini_gateway.server.startup import check_port
 
-    overrides = {"chunk_count": chunk_count, "chunk_delay_ms": chunk_delay_ms, "fault": fault}
+    check_port(host, port, "the emulator")
+
+    overrides: dict[str, Any] = {
+        "chunk_count": chunk_count,
+        "chunk_delay_ms": chunk_delay_ms,
+        "fault": fault,
+    }
     run(host, port, EmulatorSettings(**{k: v for k, v in overrides.items() if v is not None}))
 
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 import typer
@@ -22,7 +22,16 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from gemini_gateway.cli.common import KeyOpt, TargetOpt, console, err_console, rpc_error_exit
+from gemini_gateway.cli.common import (
+    KeyOpt,
+    TargetOpt,
+    check_image_format,
+    console,
+    err_console,
+    load_pyplot,
+    rpc_error_exit,
+    usage_error,
+)
 from gemini_gateway.client.gateway_client import DEFAULT_TARGET, model_name
 from gemini_gateway.client.tuning import (
     DEFAULT_BASE_MODEL,
@@ -71,7 +80,7 @@ def _state(model: TunedModel) -> str:
     return TunedModel.State.Name(model.state)
 
 
-def _time(model: TunedModel, field: str) -> str:
+def _time(model: TunedModel, field: Literal["create_time", "update_time"]) -> str:
     if not model.HasField(field):
         return ""
     stamp = getattr(model, field).ToDatetime(tzinfo=UTC)
@@ -312,12 +321,7 @@ def epoch_starts(snapshots: Sequence[tuned_model_pb2.TuningSnapshot]) -> list[tu
 
 def plot_loss(model: TunedModel, out: Path) -> None:
     """Mean loss per step, with a dashed line where each new epoch starts."""
-    import matplotlib
-
-    # Agg draws to files only: works without a display (servers, CI, ssh sessions).
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = load_pyplot("tune plot")
     snapshots = model.tuning_task.snapshots
     figure, axes = plt.subplots(figsize=(8, 4.5))
     try:
@@ -355,18 +359,23 @@ def plot_loss(model: TunedModel, out: Path) -> None:
 @tune_app.command()
 def plot(
     name: NameArg,
-    out: Annotated[Path, typer.Option(help="Image file to write (.png, .svg, .pdf).")],
+    out: Annotated[Path, typer.Option(help="Image file to write (.png, .svg, .pdf, ...).")],
     target: TargetOpt = DEFAULT_TARGET,
     api_key: KeyOpt = None,
 ) -> None:
     """Plot the mean loss of each tuning step."""
+    load_pyplot("tune plot")  # both refusals come before any call
+    check_image_format(out)
 
     async def work(client: TuningClient) -> None:
         model = await client.get(name)
         if not model.tuning_task.snapshots:
             err_console.print(f"[red]{model.name} has no tuning snapshots yet[/red]")
             raise typer.Exit(1)
-        plot_loss(model, out)
+        try:
+            plot_loss(model, out)
+        except OSError as exc:
+            raise usage_error(f"--out {out}: {exc.strerror or exc}") from None
         console.print(f"wrote {escape(str(out))} ({len(model.tuning_task.snapshots)} steps)")
 
     _call(target, api_key, work)
