@@ -32,6 +32,7 @@ from tests.integration.conftest import emulator_stats, last_upstream_request
 MODEL = "models/gemini-2.5-flash"
 EMBEDDING_MODEL = "models/text-embedding-004"
 
+
 @pytest.fixture(scope="module")
 async def gateway(
     emulator: EmulatorHandle, tmp_path_factory: pytest.TempPathFactory
