@@ -89,10 +89,7 @@ class Gateway:
 
     @property
     def target(self) -> str:
-        host = (
-            "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "[::]") else self.settings.host
-        )
-        return f"{host}:{self.port}"
+        return target_of(self.settings.host, self.port)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -103,6 +100,11 @@ class Gateway:
         await self.upstream.aclose()
         if self._emulator is not None:
             await self._emulator.close()
+
+
+def target_of(host: str, port: int) -> str:
+    """host:port as a client on this machine dials it (a wildcard address becomes loopback)."""
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host}:{port}"
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -129,7 +131,8 @@ async def start_gateway(
     settings = settings or Settings()
     # The quick checks come first: a busy port or a bad file costs no migration or emulator.
     credentials = _server_credentials(settings)
-    startup.check_port(settings.host, settings.port)
+    if settings.workers <= 1:  # workers share a port the supervisor checked (SO_REUSEPORT)
+        startup.check_port(settings.host, settings.port)
     if flavour is None and settings.upstream == "vertex":
         flavour = startup.vertex_flavour(settings)
     try:
@@ -183,7 +186,8 @@ async def _start(
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off alone, so a taken port fails the bind; on when workers share the port.
+            ("grpc.so_reuseport", int(settings.workers > 1)),
         ],
     )
     opened.push_async_callback(server.stop, 0)
@@ -245,9 +249,14 @@ def _buf() -> str:
 
 def banner(gateway: Gateway, metrics_port: int | None = None) -> str:
     """What `serve` prints: where it listens, and commands that call it, runnable as shown."""
-    settings = gateway.settings
-    target = gateway.target
     upstream_url = getattr(gateway.upstream.flavour, "base_url", "")
+    return banner_text(gateway.settings, gateway.target, upstream_url, metrics_port)
+
+
+def banner_text(
+    settings: Settings, target: str, upstream_url: str, metrics_port: int | None = None
+) -> str:
+    """banner() from its parts (the supervisor of several workers has no Gateway of its own)."""
     lines = [
         f"Gemini gRPC gateway listening on {target} (upstream: {settings.upstream} {upstream_url})"
     ]

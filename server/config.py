@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle: require client certificates signed by it (mTLS)."
     )
     shutdown_grace_s: float = Field(5.0, description="Time in-flight calls get on shutdown.")
+    workers: int = Field(
+        1,
+        ge=0,
+        description="Gateway processes sharing the port (SO_REUSEPORT, Linux); 0 starts one "
+        "per core. Above 1, a parent process supervises them and serves the metrics.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     metrics_port: int | None = Field(
         None, description="Serve Prometheus metrics at http://host:port/metrics (off if unset)."

@@ -4,6 +4,11 @@ Per method: calls by final status code, duration (for streams: until the last me
 calls in flight and streamed messages. Exposed over HTTP when `metrics_port` is set.
 Labels are bounded (method names and status codes): nothing from the request, and never
 a credential, becomes a label.
+
+With several workers (`--workers N`) each worker writes its metrics to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen when the module is
+first imported) and the supervising parent serves their sum; a worker then also counts its
+own calls in `gateway_worker_calls{pid}`, which shows how the kernel spreads connections.
 """
 
 from __future__ import annotations
@@ -15,7 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+    values,
+)
 
 from gemini_gateway.server.startup import listen_error
 
@@ -28,8 +41,24 @@ CALLS = Counter("gateway_grpc_calls", "Finished gRPC calls.", ["method", "code"]
 DURATION = Histogram(
     "gateway_grpc_call_duration_seconds", "gRPC call duration.", ["method"], buckets=_BUCKETS
 )
-IN_FLIGHT = Gauge("gateway_grpc_calls_in_flight", "gRPC calls being served.", ["method"])
+IN_FLIGHT = Gauge(
+    "gateway_grpc_calls_in_flight",
+    "gRPC calls being served.",
+    ["method"],
+    multiprocess_mode="livesum",  # several workers: the sum over the live ones
+)
 STREAMED = Counter("gateway_grpc_streamed_messages", "Messages sent on server streams.", ["method"])
+# Only in a worker of several: the supervisor's /metrics sums counters over the workers, so a
+# per-worker count is a gauge kept per pid ("liveall": a dead worker's series goes with it).
+WORKER_CALLS = (
+    Gauge(
+        "gateway_worker_calls",
+        "gRPC calls this worker process has finished since it started.",
+        multiprocess_mode="liveall",
+    )
+    if values.ValueClass is not values.MutexValue  # multiprocess mode
+    else None
+)
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -49,6 +78,8 @@ def _finish(method: str, started: float, context: Any, error: BaseException | No
     CALLS.labels(method, code).inc()
     DURATION.labels(method).observe(elapsed)
     IN_FLIGHT.labels(method).dec()
+    if WORKER_CALLS is not None:
+        WORKER_CALLS.inc()
     log.debug("%s %s %.1f ms", method, code, elapsed * 1000)
 
 
@@ -113,14 +144,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return handler  # client streaming (reflection): counted by nothing here
 
 
-def serve_metrics(host: str, port: int) -> int:
+def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:
     """Expose /metrics on a background thread (prometheus-client's own HTTP server).
 
     Returns the bound port (port 0 picks a free one); a port that cannot be listened on
-    raises StartupError saying which and how to choose another.
+    raises StartupError saying which and how to choose another. `registry` is the process's
+    own by default; the supervisor of several workers gives one that reads their files.
     """
     try:
-        server, _thread = start_http_server(port, addr=host)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
     except (OSError, OverflowError) as exc:
         raise listen_error("the metrics server", host, port, exc, "--metrics-port") from exc
     bound = int(server.server_port)

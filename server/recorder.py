@@ -36,7 +36,9 @@ DROPPED = Counter(
     ["reason"],
 )
 WRITTEN = Counter("gateway_recorder_written_events", "Events written to the store.", ["event"])
-QUEUE_DEPTH = Gauge("gateway_recorder_queue_depth", "Events waiting to be written.")
+QUEUE_DEPTH = Gauge(
+    "gateway_recorder_queue_depth", "Events waiting to be written.", multiprocess_mode="livesum"
+)
 
 DROP_LOG_INTERVAL_S = 10.0
 # After a failed write the next attempt waits, doubling up to the cap, while the queue buffers.

@@ -69,6 +69,7 @@ SERVE_OPTIONS = {
     "log_level": "--log-level",
     "metrics_port": "--metrics-port",
     "upstream_url": "--upstream",
+    "workers": "--workers",
 }
 
 
@@ -108,10 +109,14 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes sharing the port (0: one per core).")
+    ] = None,
 ) -> None:
     """Start the gateway (default: embedded emulator upstream, no key needed)."""
     from gemini_gateway.server.app import serve as serve_gateway
     from gemini_gateway.server.startup import load_settings
+    from gemini_gateway.server.workers import resolve_workers, supervise
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -124,6 +129,7 @@ def serve(
         "tls_client_ca_file": tls_client_ca,
         "log_level": log_level,
         "metrics_port": metrics_port,
+        "workers": workers,
     }
     if sum([upstream is not None, emulator, vertex]) > 1:
         raise usage_error("choose one of --upstream, --emulator, --vertex")
@@ -137,7 +143,8 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _run_loop(serve_gateway(settings))
+    count = resolve_workers(settings.workers)
+    _run_loop(supervise(settings, count) if count > 1 else serve_gateway(settings))
 
 
 def _run_loop(coro: object) -> None:
