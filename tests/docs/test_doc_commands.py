@@ -16,6 +16,8 @@ PATH), as the docs say.
 - docs/emulator.md: each `python -m gemini_gateway.emulator` command on a free port instead of
   8081, until it prints what the doc says; a generate call gets 200, or the status its
   `--fault` names; Ctrl-C (SIGINT) stops it with status 0.
+- docs/workers.md: each `serve --workers` command on free ports, until it says how many
+  worker processes share the port; SIGTERM drains them with status 0.
 - docs/polyglot.md: `npx buf generate` into the scratch folder, then each JavaScript snippet,
   unchanged but for the gateway's address, run by Node after the doc's set-up (a
   `package.json` with `"type": "module"` above the stubs) with one line added to print the
@@ -75,7 +77,8 @@ USAGE = ROOT / "docs" / "usage.md"
 EMULATOR = ROOT / "docs" / "emulator.md"
 POLYGLOT = ROOT / "docs" / "polyglot.md"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
-WALKED = {ROOT / "README.md", TUNING, USAGE, EMULATOR, POLYGLOT, BENCHMARKS}
+WORKERS = ROOT / "docs" / "workers.md"
+WALKED = {ROOT / "README.md", TUNING, USAGE, EMULATOR, POLYGLOT, BENCHMARKS, WORKERS}
 
 TUNING_SKIPPED = {"make serve": "runs until stopped; the test starts the same gateway itself"}
 USAGE_SKIPPED = {
@@ -99,6 +102,34 @@ BENCHMARKS_SKIPPED = {
 
 def _activate_venv(gateway: ServedGateway) -> None:
     gateway.env["PATH"] = f"{gateway.scratch / '.venv' / 'bin'}{os.pathsep}{gateway.env['PATH']}"
+
+
+def test_workers_commands(tmp_path: Path) -> None:
+    """docs/workers.md: each `serve` command, on free ports, serves with the workers it asks
+    for and drains on SIGTERM with status 0."""
+    scratch = mirror(tmp_path)
+    env = clean_env(scratch)
+    commands = doc_commands(WORKERS)
+    assert commands, "docs/workers.md shows no command"
+    for number, command in enumerate(commands):
+        assert ".venv/bin/gemini-gateway serve" in command.first_line, command.first_line
+        text = command.text.split("#")[0].strip()
+        text = re.sub(r"--metrics-port \d+", f"--metrics-port {free_port()}", text)
+        log = scratch / f"workers-{number}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", f"exec env {text} --port {free_port()}"], cwd=scratch, env=env,
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            workers = wait_for_text(log, re.compile(r"workers: (\d+) processes"), process)
+            asked = re.search(r"--workers (\d+)", text)
+            expected = int(asked.group(1)) if asked else os.cpu_count()
+            if expected and expected > 1:
+                assert int(workers.group(1)) == expected, log.read_text()
+        finally:
+            status = stop(process, signal.SIGTERM)
+        assert status == 0, (command.first_line, status, log.read_text())
 
 
 def test_every_doc_with_commands_is_walked() -> None:
