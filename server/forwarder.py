@@ -77,6 +77,16 @@ def _unparsable(route: Route, http_status: int, payload: str | bytes) -> errors.
     )
 
 
+async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Each SSE event's data as soon as its last byte arrives, then what the end completes."""
+    reader = SseReader()
+    async for chunk in chunks:
+        for payload in reader.feed(chunk):
+            yield payload
+    for payload in reader.close():
+        yield payload
+
+
 class Forwarder:
     """Turns the route table into gRPC handlers bound to one UpstreamClient."""
 
@@ -216,14 +226,7 @@ class Forwarder:
                 async with self.upstream.stream(
                     call, context.invocation_metadata() or (), context.time_remaining()
                 ) as chunks:
-                    reader = SseReader()
-                    async for chunk in chunks:
-                        for payload in reader.feed(chunk):
-                            message = parse_response(route, payload)
-                            if meter is not None:
-                                meter.response(message)  # type: ignore[arg-type]
-                            yield message
-                    for payload in reader.close():
+                    async for payload in _sse_events(chunks):
                         message = parse_response(route, payload)
                         if meter is not None:
                             meter.response(message)  # type: ignore[arg-type]
