@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,9 +37,7 @@ DROPPED = Counter(
     ["reason"],
 )
 WRITTEN = Counter("gateway_recorder_written_events", "Events written to the store.", ["event"])
-QUEUE_DEPTH = Gauge(
-    "gateway_recorder_queue_depth", "Events waiting to be written.", multiprocess_mode="livesum"
-)
+QUEUE_DEPTH = Gauge("gateway_recorder_queue_depth", "Events waiting to be written.")
 
 DROP_LOG_INTERVAL_S = 10.0
 # After a failed write the next attempt waits, doubling up to the cap, while the queue buffers.
@@ -117,8 +116,29 @@ class _DropLog:
         self._last_log = now
 
 
+# Every recorder of the process, for the queue depth gauge (tests run several).
+_RECORDERS: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _queue_depth() -> float:
+    # Called by the metrics thread: a recorder created meanwhile changes the set.
+    while True:
+        try:
+            return float(sum(len(recorder._pending) for recorder in _RECORDERS))
+        except RuntimeError:
+            continue
+
+
+QUEUE_DEPTH.set_function(_queue_depth)
+
+
 class Recorder:
-    """Bounded queue -> batched writes to the store, by one background task."""
+    """Bounded queue -> batched writes to the store, by one background task.
+
+    `record` runs once per call on the event loop, so it only appends to a list: the queue
+    depth gauge is read from the lists when scraped, and flush/stop are woken per batch, not
+    per event.
+    """
 
     def __init__(
         self,
@@ -134,7 +154,8 @@ class Recorder:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         self._store = store
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_queue)
+        self._pending: list[Any] = []
+        self._max_queue = max_queue
         self._batch_size = batch_size
         self._flush_interval = flush_interval_s
         self._write_timeout = write_timeout_s
@@ -142,13 +163,17 @@ class Recorder:
             {UsageEvent: write_usage_batch} if writers is None else dict(writers)
         )
         self._drops = _DropLog(drop_log_interval_s)
-        # Set when a full batch waits, or when flush()/stop() want the writer to go now.
+        # Set when the first event arrives, when a full batch waits, or when flush()/stop()
+        # want the writer to go now.
         self._wake = asyncio.Event()
+        # flush()/stop() waiting for the queue to drain; resolved after every batch.
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._flushing = 0
         self._in_flight = 0
         self._failures = 0
+        _RECORDERS.add(self)
 
     def register(self, event_type: type, writer: BatchWriter) -> None:
         """Write events of exactly `event_type` with `writer`."""
@@ -157,23 +182,21 @@ class Recorder:
     def record(self, event: Any) -> None:
         """Queue `event` for writing; never blocks, never raises (a drop is counted)."""
         try:
+            pending = self._pending
             if self._stopped:
                 self._drops.add("stopped", 1)
-                return
-            try:
-                self._queue.put_nowait(event)
-            except asyncio.QueueFull:
+            elif len(pending) >= self._max_queue:
                 self._drops.add("queue_full", 1)
-                return
-            QUEUE_DEPTH.inc()
-            if self._queue.qsize() >= self._batch_size:
-                self._wake.set()
+            else:
+                pending.append(event)
+                if len(pending) == 1 or len(pending) >= self._batch_size:
+                    self._wake.set()
         except Exception:  # recording must never fail the call
             log.exception("recorder could not queue an event")
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
 
     def start(self) -> None:
         """Start the writer task on the running loop (does nothing if it runs already)."""
@@ -188,7 +211,7 @@ class Recorder:
         self._flushing += 1
         self._wake.set()
         try:
-            await self._queue.join()
+            await self._drained()
         finally:
             self._flushing -= 1
 
@@ -203,11 +226,11 @@ class Recorder:
             self._wake.set()
             try:
                 async with asyncio.timeout(timeout):
-                    await self._queue.join()
+                    await self._drained()
             except TimeoutError:
                 log.warning(
                     "recorder stop: %d events not written within %.1f s",
-                    self._queue.qsize() + self._in_flight,
+                    len(self._pending) + self._in_flight,
                     timeout,
                 )
             task.cancel()
@@ -216,47 +239,50 @@ class Recorder:
         self._drop_queued()
         self._drops.maybe_log(force=True)
 
+    async def _drained(self) -> None:
+        """Return once nothing is queued or being written."""
+        while self._pending or self._in_flight:
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def _batch_done(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _drop_queued(self) -> None:
-        lost = 0
-        while True:
-            try:
-                self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            self._queue.task_done()
-            QUEUE_DEPTH.dec()
-            lost += 1
+        lost = len(self._pending)
+        self._pending = []
         if lost:
             self._drops.add("stopped", lost)
+        self._batch_done()
 
     def _hurry(self) -> bool:
         return self._stopped or self._flushing > 0
 
     async def _next_batch(self) -> list[Any]:
-        batch = [await self._queue.get()]
-        self._take(batch)
-        if len(batch) < self._batch_size:
+        while not self._pending:
+            self._wake.clear()
+            await self._wake.wait()  # set by the first event
+        if len(self._pending) < self._batch_size and not self._hurry():
             # Let the batch fill for up to flush_interval, unless a full batch is waiting or a
             # flush/stop wants it now.
             self._wake.clear()
-            if not self._hurry() and self._queue.qsize() < self._batch_size:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._flush_interval):
-                        await self._wake.wait()
-            self._take(batch)
-        return batch
-
-    def _take(self, batch: list[Any]) -> None:
-        while len(batch) < self._batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval):
+                    await self._wake.wait()
+        batch = self._pending
+        if len(batch) <= self._batch_size:
+            self._pending = []
+            return batch
+        self._pending = batch[self._batch_size :]
+        return batch[: self._batch_size]
 
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
-            QUEUE_DEPTH.dec(len(batch))
             self._in_flight = len(batch)
             try:
                 ok = await self._write(batch)
@@ -266,8 +292,7 @@ class Recorder:
                 raise
             finally:
                 self._in_flight = 0
-                for _ in batch:
-                    self._queue.task_done()
+                self._batch_done()
             self._drops.maybe_log()
             if ok:
                 self._failures = 0

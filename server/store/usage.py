@@ -18,15 +18,15 @@ import base64
 import binascii
 import functools
 import hashlib
+import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gemini_gateway.server.filters import (
@@ -94,6 +94,22 @@ class InvalidPageToken(UsageQueryError):
 
 # ---------------------------------------------------------------------------------------------
 # Writing
+#
+# The writer runs on the gateway's event loop, so its Python work per event is what recording
+# costs a busy gateway, and it keeps that work small:
+#
+# - Each event becomes one tuple of values the driver binds as they are: the label set's JSON
+#   text and hash are worked out once per distinct set, and a time is the text SQLAlchemy
+#   would store on SQLite, or the datetime asyncpg takes. SQLAlchemy's per-row parameter
+#   processing (JSON, time zones, date formatting) was most of the writer's time.
+# - The statements are SQL text, built once per table and row count; each table takes one
+#   multi-row INSERT (an upsert for the rollups and label counts) per 100 rows.
+# - The events are grouped by their hourly rollup key as they are converted; each group's sums
+#   are taken column by column, and the coarser rollups and the label counts are summed from
+#   the groups, not from every event again.
+#
+# What is stored is what SQLAlchemy's typed statements stored, value for value
+# (tests/store/test_usage_write.py compares the two on both dialects).
 
 
 def _utc(value: datetime) -> datetime:
@@ -115,160 +131,189 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+_Execute = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+"""Runs one statement: `await execute(sql, params)`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Driver:
+    """Everything the writer does differently on SQLite (aiosqlite) and PostgreSQL (asyncpg):
+    the bind parameter style, how a time is bound, and how a statement is run. The SQL is
+    otherwise the same on both."""
+
+    placeholder: Callable[[int], str]
+    """The n-th bind parameter (from 1) of a statement."""
+    time: Callable[[datetime], Any]
+    """A UTC datetime as the driver binds it."""
+    hour: Callable[[Any], Any]
+    """A bound time truncated to its hour, bound the same way."""
+    day: Callable[[Any], Any]
+    """A bound time truncated to its day."""
+    executor: Callable[[AsyncConnection], Awaitable[_Execute]]
+    """How statements are run in the connection's transaction."""
+
+
+async def _sqlite_executor(conn: AsyncConnection) -> _Execute:
+    # Straight to aiosqlite: one hand-off to its thread per statement, where SQLAlchemy's
+    # adapter takes three (cursor, execute, close), each waking both threads. The statements
+    # run in the transaction SQLAlchemy began on this connection: sqlite3 opens it at the first
+    # INSERT, and SQLAlchemy commits or rolls back the same connection. (They are not in
+    # SQLAlchemy's echo log.)
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None  # a checked-out connection always has its driver connection
+    execute: _Execute = driver.execute
+    return execute
+
+
+async def _postgresql_executor(conn: AsyncConnection) -> _Execute:
+    # asyncpg runs on the event loop itself, so SQLAlchemy's adapter costs no hand-off; and it
+    # starts the transaction on the driver connection at the first statement.
+    return conn.exec_driver_sql
+
+
+def _sqlite_time(value: datetime) -> str:
+    # SQLAlchemy stores a DATETIME on SQLite as "YYYY-MM-DD HH:MM:SS.ffffff", and UTCDateTime
+    # hands it the naive UTC time: that is the UTC ISO form without its "+00:00".
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+_DRIVERS = {
+    "sqlite": _Driver(
+        placeholder=lambda n: "?",
+        time=_sqlite_time,
+        # The stored text sorts and truncates like the time it stands for.
+        hour=lambda text: text[:13] + ":00:00.000000",
+        day=lambda text: text[:10] + " 00:00:00.000000",
+        executor=_sqlite_executor,
+    ),
+    "postgresql": _Driver(
+        placeholder=lambda n: f"${n}",
+        time=lambda value: value,  # timestamptz takes the aware datetime
+        hour=lambda value: value.replace(minute=0, second=0, microsecond=0),
+        day=lambda value: value.replace(hour=0, minute=0, second=0, microsecond=0),
+        executor=_postgresql_executor,
+    ),
+}
+
+
+def _driver(dialect: str) -> _Driver:
+    try:
+        return _DRIVERS[dialect]
+    except KeyError:
+        raise NotImplementedError(f"usage writer on {dialect}") from None
+
+
 @functools.lru_cache(maxsize=4096)
-def _label_set(items: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], str]:
-    """A label set and its hash, worked out once per distinct set: calls repeat a few sets,
-    and hashing the canonical JSON of every event was a fifth of the writer's time.
-
-    The dict is shared by all rows of that set; rows are only read, never changed.
-    """
-    labels = dict(items)
-    return labels, labels_hash(labels)
-
-
-def _event_row(event: UsageEvent) -> dict[str, Any]:
-    labels, digest = _label_set(tuple(sorted((str(k), str(v)) for k, v in event.labels.items())))
-    prompt = int(event.prompt_tokens)
-    return {
-        "time": _utc(event.time),
-        "project": event.project,
-        "caller": event.caller,
-        "model": event.model,
-        "method": event.method,
-        "labels": labels,
-        "labels_hash": digest,
-        "status": event.status,
-        "prompt_tokens": prompt,
-        "candidates_tokens": int(event.candidates_tokens),
-        "cached_tokens": int(event.cached_tokens),
-        "thoughts_tokens": int(event.thoughts_tokens),
-        "tool_use_tokens": int(event.tool_use_tokens),
-        "total_tokens": int(event.total_tokens),
-        # SQLite stores NaN as NULL: one odd timing must not fail the whole batch.
-        "latency_ms": _finite(event.latency_ms) or 0.0,
-        "first_chunk_ms": _finite(event.first_chunk_ms),
-        "incomplete": bool(event.incomplete),
-        "long_prompt": prompt > LONG_PROMPT_TOKENS,
-    }
+def _label_set(items: tuple[tuple[str, str], ...]) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """A label set's JSON text as stored, its hash and its pairs in key order, worked out once
+    per distinct set: calls repeat a few sets. Keyed by the pairs in the event's own order,
+    which is cheaper than sorting them for every event."""
+    pairs = tuple(sorted((str(k), str(v)) for k, v in items))
+    labels = dict(pairs)
+    # json.dumps is what SQLAlchemy's JSON type binds (the engine sets no json_serializer).
+    return json.dumps(labels), labels_hash(labels), pairs
 
 
-def _rollup_rows(
-    rows: Sequence[dict[str, Any]], period: timedelta, key_columns: Sequence[str]
-) -> list[dict[str, Any]]:
-    """The batch summed per rollup key; sorted, so every writer locks rows in one order."""
-    dimensions = [c for c in key_columns if c != "period_start"]
-    sums: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        start = _floor(row["time"], period)
-        key = (start, *(row[c] for c in dimensions))
-        acc = sums.get(key)
-        if acc is None:
-            acc = {c: row[c] for c in dimensions}
-            acc["period_start"] = start
-            acc["labels"] = row["labels"]
-            acc.update(dict.fromkeys(ROLLUP_SUM_COLUMNS, 0))
-            acc["latency_ms_sum"] = 0.0
-            acc["first_chunk_ms_sum"] = 0.0
-            sums[key] = acc
-        acc["request_count"] += 1
-        acc["error_count"] += row["status"] != "OK"
-        acc["incomplete_count"] += row["incomplete"]
-        for column in TOKEN_COLUMNS:
-            acc[column] += row[column]
-        acc["latency_ms_sum"] += row["latency_ms"]
-        if row["first_chunk_ms"] is not None:
-            acc["first_chunk_ms_sum"] += row["first_chunk_ms"]
-            acc["first_chunk_count"] += 1
-    return [sums[key] for key in sorted(sums)]
+# A raw row's values in this order; the indexes name the ones the rollups sum.
+_EVENT_COLUMNS = (
+    "time", "project", "caller", "model", "method", "labels", "labels_hash", "status",
+    *TOKEN_COLUMNS, "latency_ms", "first_chunk_ms", "incomplete", "long_prompt",
+)  # fmt: skip
+_TIME, _LABELS = 0, _EVENT_COLUMNS.index("labels")
+_TOKENS = [_EVENT_COLUMNS.index(c) for c in TOKEN_COLUMNS]
+_LATENCY, _FIRST_CHUNK, _INCOMPLETE = (
+    _EVENT_COLUMNS.index(c) for c in ("latency_ms", "first_chunk_ms", "incomplete")
+)
+# A rollup row's values: its key (the primary key, in index order), the labels, the sums.
+_HOURLY_KEY = tuple(c.name for c in _hourly.primary_key.columns)
+
+
+def _rollup_columns(table: sa.Table) -> tuple[str, ...]:
+    return (*(c.name for c in table.primary_key.columns), "labels", *ROLLUP_SUM_COLUMNS)
+
+
+@dataclass(slots=True)
+class _Batch:
+    events: list[tuple[Any, ...]]
+    hourly: list[tuple[Any, ...]]
+    label_values: list[tuple[Any, ...]]
+
+
+def _summarise(events: Sequence[UsageEvent], driver: _Driver) -> _Batch:
+    """The raw rows of `events`, their hourly rollup rows and their label counts."""
+    bind_time, hour = driver.time, driver.hour
+    rows: list[tuple[Any, ...]] = []
+    # hourly key -> [label pairs, the group's rows...]
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for event in events:
+        when = event.time
+        if when.tzinfo is not UTC:
+            when = _utc(when)
+        time = bind_time(when)
+        labels, digest, pairs = _label_set(tuple(event.labels.items()))
+        prompt = int(event.prompt_tokens)
+        long_prompt = prompt > LONG_PROMPT_TOKENS
+        row = (
+            time, event.project, event.caller, event.model, event.method, labels, digest,
+            event.status, prompt, int(event.candidates_tokens), int(event.cached_tokens),
+            int(event.thoughts_tokens), int(event.tool_use_tokens), int(event.total_tokens),
+            # SQLite stores NaN as NULL: one odd timing must not fail the whole batch.
+            _finite(event.latency_ms) or 0.0, _finite(event.first_chunk_ms),
+            bool(event.incomplete), long_prompt,
+        )  # fmt: skip
+        rows.append(row)
+        key = (hour(time), event.project, event.model, event.method, event.caller,
+               event.status, long_prompt, digest)  # fmt: skip
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [pairs, row]
+        else:
+            group.append(row)
+
+    hourly: list[tuple[Any, ...]] = []
+    seen: dict[tuple[str, str, str], list[Any]] = {}  # (project, key, value) -> [count, last]
+    status_at = _HOURLY_KEY.index("status")
+    for key in sorted(groups):  # key order: every writer locks rollup rows in one order
+        pairs, *members = groups[key]
+        columns = list(zip(*members, strict=True))
+        first_chunks = [v for v in columns[_FIRST_CHUNK] if v is not None]
+        count = len(members)
+        hourly.append((
+            *key, members[0][_LABELS], count, count if key[status_at] != "OK" else 0,
+            sum(columns[_INCOMPLETE]), *(sum(columns[i]) for i in _TOKENS),
+            sum(columns[_LATENCY], 0.0), sum(first_chunks, 0.0), len(first_chunks),
+        ))  # fmt: skip
+        last = max(columns[_TIME])
+        for name, value in pairs:
+            acc = seen.get((key[1], name, value))
+            if acc is None:
+                seen[(key[1], name, value)] = [count, last]
+            else:
+                acc[0] += count
+                acc[1] = max(acc[1], last)
+    label_values = [(*pair, count, last) for pair, (count, last) in sorted(seen.items())]
+    return _Batch(rows, hourly, label_values)
 
 
 def _coarser(
-    sums: Sequence[dict[str, Any]], period: timedelta, key_columns: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Rollup rows for a coarser period or key, summed from finer rollup rows (a batch has
-    a handful), instead of another pass over every event; sorted like `_rollup_rows`."""
-    dimensions = [c for c in key_columns if c != "period_start"]
-    out: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for fine in sums:
-        start = _floor(fine["period_start"], period)
-        key = (start, *(fine[c] for c in dimensions))
+    fine: Sequence[tuple[Any, ...]], table: sa.Table, floor: Callable[[Any], Any]
+) -> list[tuple[Any, ...]]:
+    """Rollup rows of `table`, summed from the batch's hourly rows (a handful), with their
+    period start truncated by `floor`; sorted like those."""
+    key_columns = [c.name for c in table.primary_key.columns]
+    picks = [_HOURLY_KEY.index(c) for c in key_columns[1:]]
+    sums_at = len(_HOURLY_KEY) + 1  # after the key and the labels
+    out: dict[tuple[Any, ...], list[Any]] = {}
+    for row in fine:
+        key = (floor(row[0]), *(row[i] for i in picks))
         acc = out.get(key)
         if acc is None:
-            acc = {c: fine[c] for c in dimensions}
-            acc["period_start"] = start
-            acc["labels"] = fine["labels"]
-            acc.update(dict.fromkeys(ROLLUP_SUM_COLUMNS, 0))
-            out[key] = acc
-        for column in ROLLUP_SUM_COLUMNS:
-            acc[column] += fine[column]
-    return [out[key] for key in sorted(out)]
-
-
-def _label_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in rows:
-        for key, value in row["labels"].items():
-            acc = seen.setdefault(
-                (row["project"], key, value),
-                {
-                    "project": row["project"],
-                    "key": key,
-                    "value": value,
-                    "count": 0,
-                    "last_seen": row["time"],
-                },
-            )
-            acc["count"] += 1
-            acc["last_seen"] = max(acc["last_seen"], row["time"])
-    return [seen[key] for key in sorted(seen)]
-
-
-def _insert(dialect: str, table: sa.Table) -> Any:
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"upsert on {dialect}")
-
-
-# Each upsert is built once per dialect and table and run as an executemany with the rows as
-# parameters. One statement object is compiled once and then found in SQLAlchemy's cache; a
-# new `.values(rows)` statement with its own `excluded` alias was compiled on every batch,
-# which was most of the writer's time. executemany also needs no chunking for the drivers'
-# bind-parameter caps.
-@functools.cache
-def _rollup_upsert(dialect: str, table: sa.Table) -> Any:
-    stmt = _insert(dialect, table)
-    return stmt.on_conflict_do_update(
-        index_elements=[c.name for c in table.primary_key.columns],
-        set_={c: table.c[c] + stmt.excluded[c] for c in ROLLUP_SUM_COLUMNS},
-    )
-
-
-@functools.cache
-def _label_values_upsert(dialect: str) -> Any:
-    table = _label_values
-    stmt = _insert(dialect, table)
-    newer = stmt.excluded.last_seen > table.c.last_seen
-    return stmt.on_conflict_do_update(
-        index_elements=["project", "key", "value"],
-        set_={
-            "count": table.c.count + stmt.excluded.count,
-            "last_seen": sa.case((newer, stmt.excluded.last_seen), else_=table.c.last_seen),
-        },
-    )
-
-
-async def _upsert_rollup(
-    conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]
-) -> None:
-    if rows:  # sorted by key: every writer locks rows in the same order
-        await conn.execute(_rollup_upsert(conn.dialect.name, table), rows)
-
-
-async def _upsert_label_values(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(_label_values_upsert(conn.dialect.name), rows)
+            out[key] = [*key, *row[len(_HOURLY_KEY) :]]
+        else:
+            for i, value in enumerate(row[sums_at:], start=len(key) + 1):
+                acc[i] += value
+    return [tuple(out[key]) for key in sorted(out)]
 
 
 # Every rollup the writer keeps, in the order it upserts them (the same in every replica).
@@ -278,21 +323,84 @@ _ROLLUPS = (
     (_hourly_by_label, HOUR),
     (_daily_by_label, DAY),
 )
-# Each rollup's key; the first rollup's is the finest, and every other one is part of it.
-_ROLLUP_KEYS = {table: [c.name for c in table.primary_key.columns] for table, _ in _ROLLUPS}
+
+
+def _quote(name: str) -> str:
+    # Quoted on both dialects: "key" is an SQLite keyword, and the names are lowercase.
+    return f'"{name}"'
+
+
+def _conflict(table: sa.Table) -> str:
+    """The ON CONFLICT clause that adds a row's counts to the row already stored."""
+    t = _quote(table.name)
+    if table is _label_values:
+        newer = f'excluded."last_seen" > {t}."last_seen"'
+        return (
+            ' ON CONFLICT ("project", "key", "value") DO UPDATE SET '
+            f'"count" = {t}."count" + excluded."count", '
+            f'"last_seen" = CASE WHEN {newer} THEN excluded."last_seen" ELSE {t}."last_seen" END'
+        )
+    keys = ", ".join(_quote(c.name) for c in table.primary_key.columns)
+    sums = ", ".join(f"{_quote(c)} = {t}.{_quote(c)} + excluded.{_quote(c)}"
+                     for c in ROLLUP_SUM_COLUMNS)  # fmt: skip
+    return f" ON CONFLICT ({keys}) DO UPDATE SET {sums}"
+
+
+# Columns each table is written with, in the order of the writer's tuples.
+_COLUMNS: dict[sa.Table, tuple[str, ...]] = {
+    _events: _EVENT_COLUMNS,
+    **{table: _rollup_columns(table) for table, _ in _ROLLUPS},
+    _label_values: ("project", "key", "value", "count", "last_seen"),
+}
+# Rows per INSERT. Each row count is its own statement text, prepared once per connection and
+# kept in the driver's statement cache (sqlite3: 128, SQLAlchemy's asyncpg adapter: 100), so
+# the count is capped to keep the variants few. 100 rows of 18 values stay far below the
+# bind-parameter caps (32,766 on SQLite >= 3.32, 32,767 on PostgreSQL).
+_MAX_ROWS = 100
+
+
+@functools.cache
+def _insert_sql(dialect: str, table: sa.Table, rows: int) -> str:
+    """INSERT of `rows` rows into `table` (an upsert for the rollups and label counts)."""
+    placeholder = _driver(dialect).placeholder
+    columns = _COLUMNS[table]
+    width = len(columns)
+    values = ", ".join(
+        "(" + ", ".join(placeholder(r * width + i + 1) for i in range(width)) + ")"
+        for r in range(rows)
+    )
+    conflict = "" if table is _events else _conflict(table)
+    names = ", ".join(_quote(c) for c in columns)
+    return f"INSERT INTO {_quote(table.name)} ({names}) VALUES {values}{conflict}"
+
+
+async def _insert(
+    execute: _Execute, dialect: str, table: sa.Table, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    # One multi-row INSERT per chunk rather than an executemany: sqlite3 steps (and releases
+    # the GIL, to take it back from the busy event loop) once per statement, not once per row.
+    for start in range(0, len(rows), _MAX_ROWS):
+        chunk = rows[start : start + _MAX_ROWS]
+        params = tuple(itertools.chain.from_iterable(chunk))
+        await execute(_insert_sql(dialect, table, len(chunk)), params)
 
 
 async def write_usage_batch(conn: AsyncConnection, events: Sequence[UsageEvent]) -> None:
     """Insert `events` and add them to the rollups and label counts, in `conn`'s transaction."""
     if not events:
         return
-    rows = [_event_row(event) for event in events]
-    await conn.execute(sa.insert(_events), rows)
-    finest = _rollup_rows(rows, HOUR, _ROLLUP_KEYS[_hourly])
+    dialect = conn.dialect.name
+    driver = _driver(dialect)
+    batch = _summarise(events, driver)
+    execute = await driver.executor(conn)
+    await _insert(execute, dialect, _events, batch.events)
     for table, period in _ROLLUPS:
-        sums = finest if table is _hourly else _coarser(finest, period, _ROLLUP_KEYS[table])
-        await _upsert_rollup(conn, table, sums)
-    await _upsert_label_values(conn, _label_rows(rows))
+        if table is _hourly:
+            rows = batch.hourly
+        else:
+            rows = _coarser(batch.hourly, table, driver.hour if period == HOUR else driver.day)
+        await _insert(execute, dialect, table, rows)
+    await _insert(execute, dialect, _label_values, batch.label_values)
 
 
 _REBUILD_SQL = {

@@ -92,6 +92,25 @@ async def test_waits_for_a_batch_to_fill_for_at_most_the_flush_interval(store: S
         await recorder.stop()
 
 
+async def test_flush_writes_at_once_and_waits_for_every_batch(store: Store) -> None:
+    recorder = Recorder(store, batch_size=4, flush_interval_s=60)
+    recorder.start()
+    try:
+        depth = queue_depth()
+        for i in range(10):
+            recorder.record(event(caller=f"c{i % 3}"))
+        assert queue_depth() - depth == 10
+        # Not the 60 s flush interval: flush() sends the partial batch at once.
+        await asyncio.wait_for(recorder.flush(), 10)
+        assert await count_rows(store) == (10, 10)
+        assert queue_depth() == depth
+        recorder.record(event())
+        await asyncio.wait_for(recorder.flush(), 10)
+        assert await count_rows(store) == (11, 11)
+    finally:
+        await recorder.stop()
+
+
 async def test_stop_flushes_what_is_queued(store: Store) -> None:
     recorder = Recorder(store, batch_size=7, flush_interval_s=30)
     recorder.start()
