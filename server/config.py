@@ -40,6 +40,25 @@ class CallerConfig(BaseModel):
     )
 
 
+AtLimit = Literal["stop_logging", "evict_oldest"]
+
+
+class ProjectLoggingConfig(BaseModel):
+    """A project's request-logging defaults; unset fields follow the gateway-wide settings.
+
+    The LogService's UpdateLoggingSettings overrides them at run time (kept in the store).
+    """
+
+    enabled: bool | None = Field(None, description="Log this project's generate calls.")
+    max_logs: int | None = Field(None, ge=1, description="Most logs kept.")
+    retention_days: float | None = Field(
+        None, gt=0, description="Logs older than this are deleted unless in a dataset."
+    )
+    at_limit: AtLimit | None = Field(
+        None, description="stop_logging (as AI Studio) or evict_oldest, at the limit."
+    )
+
+
 class ProjectConfig(BaseModel):
     """A project: the callers that belong to it and the labels its calls carry by default."""
 
@@ -47,6 +66,9 @@ class ProjectConfig(BaseModel):
         default_factory=dict, description="Labels added to the project's generate calls."
     )
     callers: list[CallerConfig] = Field(default_factory=list)
+    logging: ProjectLoggingConfig = Field(
+        default_factory=ProjectLoggingConfig, description="Request-logging defaults."
+    )
 
 
 class Settings(BaseSettings):
@@ -124,6 +146,23 @@ class Settings(BaseSettings):
     )
     price_table_file: Path | None = Field(
         None, description="TOML price table replacing the shipped one (see docs/usage.md)."
+    )
+    logging_enabled: bool = Field(
+        False,
+        description="Log generate calls (request and response) of projects that do not set "
+        "it themselves; switchable per project at run time (LogService).",
+    )
+    log_max_logs: int = Field(1000, ge=1, description="Logs kept per project by default.")
+    log_retention_days: float = Field(
+        55.0, gt=0, description="Logs older than this are deleted unless in a dataset."
+    )
+    log_at_limit: AtLimit = Field(
+        "stop_logging",
+        description="At the limit: stop_logging (new calls are not logged, as AI Studio) or "
+        "evict_oldest (the oldest logs in no dataset make room).",
+    )
+    log_purge_interval_s: float = Field(
+        3600.0, gt=0, description="How often expired logs are looked for and deleted."
     )
     metrics_label_keys: list[str] = Field(
         default_factory=list,

@@ -72,8 +72,12 @@ class UsageEvent:
     incomplete: bool
 
 
-BatchWriter = Callable[[AsyncConnection, Sequence[Any]], Awaitable[None]]
-"""Writes a batch of events of one type inside the transaction it is given."""
+BatchWriter = Callable[[AsyncConnection, Sequence[Any]], Awaitable["Callable[[], None] | None"]]
+"""Writes a batch of events of one type inside the transaction it is given.
+
+It may return a callable, run once the transaction has committed (e.g. to tell followers of
+the logs that new ones are readable); an exception there is logged, never retried.
+"""
 
 
 def _describe(exc: BaseException) -> str:
@@ -323,11 +327,16 @@ class Recorder:
                 if writer is None:
                     raise TypeError(f"no writer registered for {event_type.__name__}")
                 async with asyncio.timeout(self._write_timeout), self._store.begin() as conn:
-                    await writer(conn, events)
+                    after_commit = await writer(conn, events)
             except Exception as exc:
                 ok = False
                 self._drops.add("store_error", len(events), _describe(exc))
             else:
                 WRITTEN.labels(event_type.__name__).inc(len(events))
+                if after_commit is not None:
+                    try:
+                        after_commit()
+                    except Exception:
+                        log.exception("recorder: after-commit hook of %s", event_type.__name__)
             self._in_flight -= len(events)
         return ok

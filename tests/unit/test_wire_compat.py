@@ -72,6 +72,20 @@ DECLARED_IN_FULL = {
 # Gateway extension fields (numbers >= 1000) are ours alone.
 EXTENSION_FLOOR = 1000
 
+# The Batch API: served by the REST API (JSON names from its reference) but absent from the
+# reference package, so its field numbers are the gateway's own. Checked absent below: when
+# a package version publishes them, this test asks for the numbers to be compared.
+_V1BETA = "google.ai.generativelanguage.v1beta."
+NOT_IN_REFERENCE_PACKAGE = {
+    _V1BETA + name
+    for name in (
+        "BatchGenerateContentRequest", "GenerateContentBatch", "GenerateContentBatch.BatchState",
+        "InputConfig", "InlinedRequests", "InlinedRequest", "GenerateContentBatchOutput",
+        "InlinedResponses", "InlinedResponse", "BatchStats",
+        "GenerativeService.BatchGenerateContent",
+    )
+}  # fmt: skip
+
 
 def _walk(descriptor, messages: list, enums: list) -> None:
     if descriptor.GetOptions().map_entry:
@@ -153,6 +167,9 @@ def test_every_message_matches_the_published_api(version: str, official: dict) -
     problems = []
     for message in messages:
         theirs = official["messages"][message.full_name]
+        if message.full_name in NOT_IN_REFERENCE_PACKAGE:
+            assert theirs is None, f"{message.full_name} is published now: compare its fields"
+            continue
         if theirs is None:
             problems.append(f"{message.full_name}: not in the published API")
             continue
@@ -183,6 +200,9 @@ def test_every_enum_matches_the_published_api(version: str, official: dict) -> N
     problems = []
     for enum in enums:
         theirs = official["enums"][enum.full_name]
+        if enum.full_name in NOT_IN_REFERENCE_PACKAGE:
+            assert theirs is None, f"{enum.full_name} is published now: compare its values"
+            continue
         if theirs is None:
             problems.append(f"{enum.full_name}: not in the published API")
             continue
@@ -213,6 +233,8 @@ def test_every_method_matches_the_published_api(version: str, official: dict) ->
             for method in service.methods
         }
         for name in sorted(set(ours) - set(theirs)):
+            if f"{service.full_name}.{name}" in NOT_IN_REFERENCE_PACKAGE:
+                continue
             problems.append(f"{service.full_name}.{name}: not in the published API")
         if service.full_name in DECLARED_IN_FULL:
             for name in sorted(set(theirs) - set(ours)):

@@ -11,8 +11,10 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import safety_
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1568,3 +1570,339 @@ class CountTokensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountTokensResponse: _TypeAlias = CountTokensResponse  # noqa: Y015
+
+@_typing.final
+class BatchGenerateContentRequest(_message.Message):
+    """The Batch API's messages. Their JSON names follow the REST reference; the reference Python
+    package this API subset is checked against does not carry them, so their field numbers
+    are the gateway's own.
+
+    Request of BatchGenerateContent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___GenerateContentBatch:
+        """The batch to create; `batch.model` names the model."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___GenerateContentBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGenerateContentRequest: _TypeAlias = BatchGenerateContentRequest  # noqa: Y015
+
+@_typing.final
+class GenerateContentBatch(_message.Message):
+    """A batch of GenerateContent requests and, when it has run, their responses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _BatchState:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _BatchStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GenerateContentBatch._BatchState.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        BATCH_STATE_UNSPECIFIED: GenerateContentBatch._BatchState.ValueType  # 0
+        BATCH_STATE_PENDING: GenerateContentBatch._BatchState.ValueType  # 1
+        """Waiting to run."""
+        BATCH_STATE_RUNNING: GenerateContentBatch._BatchState.ValueType  # 2
+        """Running."""
+        BATCH_STATE_SUCCEEDED: GenerateContentBatch._BatchState.ValueType  # 3
+        """Every request has an answer (a response or an error)."""
+        BATCH_STATE_FAILED: GenerateContentBatch._BatchState.ValueType  # 4
+        """The batch failed as a whole."""
+        BATCH_STATE_CANCELLED: GenerateContentBatch._BatchState.ValueType  # 5
+        """Cancelled before it finished."""
+        BATCH_STATE_EXPIRED: GenerateContentBatch._BatchState.ValueType  # 6
+        """Not finished in time."""
+
+    class BatchState(_BatchState, metaclass=_BatchStateEnumTypeWrapper):
+        """States of a batch."""
+
+    BATCH_STATE_UNSPECIFIED: GenerateContentBatch.BatchState.ValueType  # 0
+    BATCH_STATE_PENDING: GenerateContentBatch.BatchState.ValueType  # 1
+    """Waiting to run."""
+    BATCH_STATE_RUNNING: GenerateContentBatch.BatchState.ValueType  # 2
+    """Running."""
+    BATCH_STATE_SUCCEEDED: GenerateContentBatch.BatchState.ValueType  # 3
+    """Every request has an answer (a response or an error)."""
+    BATCH_STATE_FAILED: GenerateContentBatch.BatchState.ValueType  # 4
+    """The batch failed as a whole."""
+    BATCH_STATE_CANCELLED: GenerateContentBatch.BatchState.ValueType  # 5
+    """Cancelled before it finished."""
+    BATCH_STATE_EXPIRED: GenerateContentBatch.BatchState.ValueType  # 6
+    """Not finished in time."""
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    INPUT_CONFIG_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    BATCH_STATS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model, `models/{model}`."""
+    name: _builtins.str
+    """`batches/{batch}`."""
+    display_name: _builtins.str
+    """Name shown to people."""
+    state: Global___GenerateContentBatch.BatchState.ValueType
+    """Where the batch is."""
+    priority: _builtins.int
+    """Higher runs first."""
+    @_builtins.property
+    def input_config(self) -> Global___InputConfig:
+        """The requests."""
+
+    @_builtins.property
+    def output(self) -> Global___GenerateContentBatchOutput:
+        """The answers, once the batch has ended."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def batch_stats(self) -> Global___BatchStats:
+        """Counts of requests by outcome."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        input_config: Global___InputConfig | None = ...,
+        output: Global___GenerateContentBatchOutput | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        batch_stats: Global___BatchStats | None = ...,
+        state: Global___GenerateContentBatch.BatchState.ValueType = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_stats", b"batch_stats", "create_time", b"create_time", "end_time", b"end_time", "input_config", b"input_config", "output", b"output", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_stats", b"batch_stats", "create_time", b"create_time", "display_name", b"display_name", "end_time", b"end_time", "input_config", b"input_config", "model", b"model", "name", b"name", "output", b"output", "priority", b"priority", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateContentBatch: _TypeAlias = GenerateContentBatch  # noqa: Y015
+
+@_typing.final
+class InputConfig(_message.Message):
+    """Where a batch's requests come from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    file_name: _builtins.str
+    """An uploaded JSONL file, `files/{file}`."""
+    @_builtins.property
+    def requests(self) -> Global___InlinedRequests:
+        """Requests carried in the call."""
+
+    def __init__(
+        self,
+        *,
+        file_name: _builtins.str = ...,
+        requests: Global___InlinedRequests | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_name", b"file_name", "requests", b"requests", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_name", b"file_name", "requests", b"requests", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["file_name", "requests"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___InputConfig: _TypeAlias = InputConfig  # noqa: Y015
+
+@_typing.final
+class InlinedRequests(_message.Message):
+    """Requests carried in a BatchGenerateContent call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlinedRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___InlinedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlinedRequests: _TypeAlias = InlinedRequests  # noqa: Y015
+
+@_typing.final
+class InlinedRequest(_message.Message):
+    """One request of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___GenerateContentRequest:
+        """The request (its `model` may be left empty: the batch's model is used)."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Returned with the request's answer (e.g. a key)."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___GenerateContentRequest | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlinedRequest: _TypeAlias = InlinedRequest  # noqa: Y015
+
+@_typing.final
+class GenerateContentBatchOutput(_message.Message):
+    """What a batch produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FILE_FIELD_NUMBER: _builtins.int
+    INLINED_RESPONSES_FIELD_NUMBER: _builtins.int
+    responses_file: _builtins.str
+    """A JSONL file of answers, `files/{file}` (for file input)."""
+    @_builtins.property
+    def inlined_responses(self) -> Global___InlinedResponses:
+        """Answers in input order (for inlined input)."""
+
+    def __init__(
+        self,
+        *,
+        responses_file: _builtins.str = ...,
+        inlined_responses: Global___InlinedResponses | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inlined_responses", b"inlined_responses", "output", b"output", "responses_file", b"responses_file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inlined_responses", b"inlined_responses", "output", b"output", "responses_file", b"responses_file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["responses_file", "inlined_responses"]  # noqa: Y015
+    _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_output) -> _WhichOneofReturnType_output | None: ...
+
+Global___GenerateContentBatchOutput: _TypeAlias = GenerateContentBatchOutput  # noqa: Y015
+
+@_typing.final
+class InlinedResponses(_message.Message):
+    """Answers of inlined requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INLINED_RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inlined_responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___InlinedResponse]: ...
+    def __init__(
+        self,
+        *,
+        inlined_responses: _abc.Iterable[Global___InlinedResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inlined_responses", b"inlined_responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlinedResponses: _TypeAlias = InlinedResponses  # noqa: Y015
+
+@_typing.final
+class InlinedResponse(_message.Message):
+    """The answer to one request of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The request failed."""
+
+    @_builtins.property
+    def response(self) -> Global___GenerateContentResponse:
+        """The request's response."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """The request's metadata."""
+
+    def __init__(
+        self,
+        *,
+        error: _status_pb2.Status | None = ...,
+        response: Global___GenerateContentResponse | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "metadata", b"metadata", "output", b"output", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "metadata", b"metadata", "output", b"output", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["error", "response"]  # noqa: Y015
+    _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_output) -> _WhichOneofReturnType_output | None: ...
+
+Global___InlinedResponse: _TypeAlias = InlinedResponse  # noqa: Y015
+
+@_typing.final
+class BatchStats(_message.Message):
+    """Counts of a batch's requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    SUCCESSFUL_REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    FAILED_REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    PENDING_REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    request_count: _builtins.int
+    successful_request_count: _builtins.int
+    failed_request_count: _builtins.int
+    pending_request_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_count: _builtins.int = ...,
+        successful_request_count: _builtins.int = ...,
+        failed_request_count: _builtins.int = ...,
+        pending_request_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_request_count", b"failed_request_count", "pending_request_count", b"pending_request_count", "request_count", b"request_count", "successful_request_count", b"successful_request_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchStats: _TypeAlias = BatchStats  # noqa: Y015

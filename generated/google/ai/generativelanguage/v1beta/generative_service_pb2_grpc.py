@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2 as google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -61,6 +62,11 @@ class GenerativeServiceStub:
                 request_serializer=google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.BatchGenerateContent = channel.unary_unary(
+                '/google.ai.generativelanguage.v1beta.GenerativeService/BatchGenerateContent',
+                request_serializer=google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.BatchGenerateContentRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class GenerativeServiceServicer:
@@ -102,6 +108,14 @@ class GenerativeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGenerateContent(self, request, context):
+        """Enqueues a batch of GenerateContent requests, run asynchronously (the Batch API). The
+        operation is named `batches/{batch}`; its metadata is the GenerateContentBatch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerativeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +143,11 @@ def add_GenerativeServiceServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.CountTokensRequest.FromString,
                     response_serializer=google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'BatchGenerateContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGenerateContent,
+                    request_deserializer=google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.BatchGenerateContentRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +286,33 @@ class GenerativeService:
             '/google.ai.generativelanguage.v1beta.GenerativeService/CountTokens',
             google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.CountTokensRequest.SerializeToString,
             google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGenerateContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/google.ai.generativelanguage.v1beta.GenerativeService/BatchGenerateContent',
+            google_dot_ai_dot_generativelanguage_dot_v1beta_dot_generative__service__pb2.BatchGenerateContentRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

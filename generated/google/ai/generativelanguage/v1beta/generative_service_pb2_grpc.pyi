@@ -6,6 +6,7 @@ Content generation, token counting and embeddings."""
 
 from collections import abc as _abc
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import generative_service_pb2 as _generative_service_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -44,6 +45,10 @@ class GenerativeServiceStub:
     """Embeds several pieces of content in one call."""
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generative_service_pb2.CountTokensRequest, _generative_service_pb2.CountTokensResponse]
     """Counts the tokens of an input."""
+    BatchGenerateContent: _grpc.UnaryUnaryMultiCallable[_generative_service_pb2.BatchGenerateContentRequest, _operations_pb2.Operation]
+    """Enqueues a batch of GenerateContent requests, run asynchronously (the Batch API). The
+    operation is named `batches/{batch}`; its metadata is the GenerateContentBatch.
+    """
 
 @_typing.type_check_only
 class GenerativeServiceAsyncStub(GenerativeServiceStub):
@@ -60,6 +65,10 @@ class GenerativeServiceAsyncStub(GenerativeServiceStub):
     """Embeds several pieces of content in one call."""
     CountTokens: _aio.UnaryUnaryMultiCallable[_generative_service_pb2.CountTokensRequest, _generative_service_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of an input."""
+    BatchGenerateContent: _aio.UnaryUnaryMultiCallable[_generative_service_pb2.BatchGenerateContentRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Enqueues a batch of GenerateContent requests, run asynchronously (the Batch API). The
+    operation is named `batches/{batch}`; its metadata is the GenerateContentBatch.
+    """
 
 class GenerativeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Generates content, counts tokens and embeds text with Gemini models."""
@@ -103,5 +112,15 @@ class GenerativeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generative_service_pb2.CountTokensResponse, _abc.Awaitable[_generative_service_pb2.CountTokensResponse]]:
         """Counts the tokens of an input."""
+
+    @_abc_1.abstractmethod
+    def BatchGenerateContent(
+        self,
+        request: _generative_service_pb2.BatchGenerateContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Enqueues a batch of GenerateContent requests, run asynchronously (the Batch API). The
+        operation is named `batches/{batch}`; its metadata is the GenerateContentBatch.
+        """
 
 def add_GenerativeServiceServicer_to_server(servicer: GenerativeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
