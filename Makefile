@@ -21,7 +21,7 @@ check-generated: generate  ## fail when generated/ differs from what protos/ pro
 	git diff --exit-code --stat -- generated/
 	test -z "$$(git status --porcelain -- generated/)"
 
-lint: typecheck mypy breaking  ## ruff + buf lint + buf format check + type checks + buf breaking
+lint: typecheck mypy breaking deploy-check  ## ruff + buf lint + buf format check + type checks + buf breaking
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(BUF) lint
@@ -33,6 +33,11 @@ typecheck:        ## mypy --strict on a caller of the built client distribution,
 	MYPYPATH=build/typecheck $(PY) -m mypy --strict examples/typed_consumer.py
 
 .PHONY: mypy breaking proto-baseline
+
+.PHONY: deploy-check
+
+deploy-check:     ## deploy/kubernetes against the Kubernetes schemas (strict, offline) and their cross-references
+	$(PY) deploy/check_manifests.py
 
 mypy:             ## mypy over server, client, CLI and emulator ([tool.mypy] in pyproject.toml)
 	$(PY) scripts/run_mypy.py
