@@ -29,6 +29,7 @@ from bench.processes import (
     Service,
     ServiceError,
     Services,
+    log_rows,
     metric_samples,
     metric_sum,
     peak_rss_mib,
@@ -37,7 +38,13 @@ from bench.processes import (
     wait_emulator_ready,
     wait_gateway_ready,
 )
-from bench.report import RecordingPair, build_report, markdown, print_report
+from bench.report import (
+    TARGET_LOGGING_RATIO,
+    RecordingPair,
+    build_report,
+    markdown,
+    print_report,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class GatewaySpec:
     http_client: str
     record_usage: bool
     main_table: bool  # compared with direct in the main table (and streamed)
+    logging: bool = False  # request logging on (usage recording too)
 
 
 # In this order in every round's rotation, so the two aiohttp gateways mostly run one after
@@ -56,6 +64,16 @@ GATEWAYS = (
     GatewaySpec("gw httpx", "httpx", record_usage=True, main_table=True),
 )
 RECORDING = RecordingPair(on="gw aiohttp", off="gw aiohttp rec off")
+# --logging: the default gateway (usage recording, logging off) against the same with every
+# call logged.
+LOGGING_GATEWAYS = (
+    GatewaySpec("gw aiohttp", "aiohttp", record_usage=True, main_table=False),
+    GatewaySpec("gw aiohttp logging", "aiohttp", record_usage=True, main_table=False, logging=True),
+)
+LOGGING = RecordingPair(
+    on="gw aiohttp logging", off="gw aiohttp", feature="logging", title="Request logging",
+    target=TARGET_LOGGING_RATIO, off_records_usage=True,
+)  # fmt: skip
 WRITTEN_EVENTS = "gateway_recorder_written_events_total"
 DROPPED_EVENTS = "gateway_recorder_dropped_events_total"
 # Defaults sized for about 2-3 minutes on a 2-core machine; --quick for a smoke test. Many
@@ -81,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help=f"unary calls per target at c=1 (the c=64 phase makes "
         f"{THROUGHPUT_FACTOR}x as many); default {FULL['requests']}, {QUICK['requests']} "
-        f"with --quick, {RECORDING_ONLY['requests']} with --recording",
+        f"with --quick, {RECORDING_ONLY['requests']} with --recording or --logging",
     )
     parser.add_argument(
         "--streams",
@@ -93,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds",
         type=int,
         help=f"interleaved rounds; default {FULL['rounds']}, {QUICK['rounds']} with --quick, "
-        f"{RECORDING_ONLY['rounds']} with --recording",
+        f"{RECORDING_ONLY['rounds']} with --recording or --logging",
     )
     parser.add_argument(
         "--concurrency", type=int, default=64, help="workers in the throughput phase (default 64)"
@@ -107,9 +125,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only the recording on vs off comparison (direct and the two aiohttp gateways; "
         "no httpx, no streams)",
     )
+    parser.add_argument(
+        "--logging",
+        action="store_true",
+        help="only the request logging on vs off comparison (direct, the default aiohttp "
+        "gateway, and the same with every call logged; no streams)",
+    )
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the tables here")
     args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else RECORDING_ONLY if args.recording else FULL
+    if args.recording and args.logging:
+        parser.error("--recording and --logging are separate runs: choose one")
+    defaults = QUICK if args.quick else RECORDING_ONLY if args.recording or args.logging else FULL
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -131,10 +157,11 @@ def _plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def _recorded(gateway: Service) -> float:
-    """Events the gateway's recorder has disposed of: written or counted as dropped."""
+def _recorded(gateway: Service, events_per_call: int) -> float:
+    """Calls whose events the gateway's recorder has disposed of: written or dropped."""
     samples = metric_samples(gateway)
-    return metric_sum(samples, WRITTEN_EVENTS) + metric_sum(samples, DROPPED_EVENTS)
+    events = metric_sum(samples, WRITTEN_EVENTS) + metric_sum(samples, DROPPED_EVENTS)
+    return events / events_per_call
 
 
 async def _measure(
@@ -151,7 +178,10 @@ async def _measure(
             gw.target,
             gw.pid,
             streams=streams and spec.main_table,
-            recorded=partial(_recorded, gw) if spec.record_usage else None,
+            # A logged call is two events: its usage and its log.
+            recorded=partial(_recorded, gw, 2 if spec.logging else 1)
+            if spec.record_usage
+            else None,
         )
         for spec, gw in gateways.items()
     ]
@@ -185,6 +215,8 @@ def _check_stores(
         assert gateway.store_path is not None
         target = data[spec.name]
         target.store_rows, target.labelled_rows = usage_rows(gateway.store_path)
+        if spec.logging:
+            target.log_rows = log_rows(gateway.store_path)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -194,7 +226,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace, console: Console, log: Console) -> int:
     plan = _plan(args)
     started = time.monotonic()
-    specs = [spec for spec in GATEWAYS if not args.recording or spec.http_client == "aiohttp"]
+    if args.logging:
+        specs = list(LOGGING_GATEWAYS)
+    else:
+        specs = [spec for spec in GATEWAYS if not args.recording or spec.http_client == "aiohttp"]
+    comparison = LOGGING if args.logging else RECORDING
+    only_comparison = args.recording or args.logging
 
     def progress(message: str) -> None:
         log.print(f"[dim]{time.monotonic() - started:6.1f}s  {message}[/dim]", highlight=False)
@@ -209,6 +246,7 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
                 spec.http_client,
                 emulator.url,
                 record_usage=spec.record_usage,
+                logging=spec.logging,
             )
             for spec in specs
         }
@@ -216,7 +254,7 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
             wait_gateway_ready(gateway)
         idle = {spec: rss_mib(gw.pid) for spec, gw in gateways.items()}
 
-        data = asyncio.run(_measure(emulator, gateways, plan, progress, not args.recording))
+        data = asyncio.run(_measure(emulator, gateways, plan, progress, not only_comparison))
 
         for spec, gateway in gateways.items():
             gateway.check_alive()
@@ -228,8 +266,8 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
         _check_stores(services, gateways, data)
     progress("done")
 
-    main_table = [] if args.recording else [spec.name for spec in specs if spec.main_table]
-    report = build_report(data, plan, main_table, RECORDING)
+    main_table = [] if only_comparison else [spec.name for spec in specs if spec.main_table]
+    report = build_report(data, plan, main_table, comparison)
     print_report(report, console)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -216,6 +216,7 @@ class TargetData:
     calls: int = 0
     store_rows: int | None = None  # rows in usage_events after the gateway stopped
     labelled_rows: int | None = None  # of which carry the bench's labels
+    log_rows: int | None = None  # rows in request_logs (gateways with request logging on)
     written_events: float | None = None  # gateway_recorder_written_events_total
     dropped_events: float | None = None  # gateway_recorder_dropped_events_total, all reasons
 

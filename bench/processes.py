@@ -141,15 +141,25 @@ class Services:
         return self._spawn("emulator", args, port)
 
     def start_gateway(
-        self, name: str, http_client: str, upstream_url: str, *, record_usage: bool = True
+        self,
+        name: str,
+        http_client: str,
+        upstream_url: str,
+        *,
+        record_usage: bool = True,
+        logging: bool = False,
     ) -> Service:
         """A gateway with default settings except the upstream, its own temporary store and
-        a metrics port; `record_usage=False` turns the usage recorder off."""
+        a metrics port; `record_usage=False` turns the usage recorder off, `logging=True`
+        logs every call (with a limit no bench run reaches)."""
         port, metrics_port = free_port(), free_port()
         store_path = self._dir / f"{name}.db"
         env = {"GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{store_path}"}
         if not record_usage:
             env["GEMINI_GATEWAY_RECORD_USAGE"] = "false"
+        if logging:
+            env["GEMINI_GATEWAY_LOGGING_ENABLED"] = "true"
+            env["GEMINI_GATEWAY_LOG_MAX_LOGS"] = str(10**9)
         args = ["-m", "gemini_gateway.cli", "serve", "--upstream", upstream_url, "--host", HOST]
         args += ["--port", str(port), "--http-client", http_client, "--log-level", "WARNING"]
         args += ["--metrics-port", str(metrics_port)]
@@ -288,6 +298,13 @@ def metric_sum(samples: dict[str, float], name: str) -> float:
     """Sum of a metric over all its label values; 0 when it has none yet (a labelled
     counter only appears once a value of its label has been used)."""
     return sum(v for key, v in samples.items() if key == name or key.startswith(name + "{"))
+
+
+def log_rows(store_path: Path) -> int:
+    """Rows in request_logs of a stopped gateway's store."""
+    with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
+        (count,) = db.execute("SELECT count(*) FROM request_logs").fetchone()
+    return int(count)
 
 
 def usage_rows(store_path: Path) -> tuple[int, int]:

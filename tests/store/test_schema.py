@@ -32,7 +32,15 @@ USAGE_TABLES = {
     "usage_daily_by_label",
     "usage_label_values",
 }
-HEAD = "0002_usage_by_label"
+LOG_TABLES = {
+    "request_logs",
+    "logging_settings",
+    "datasets",
+    "dataset_logs",
+    "dataset_runs",
+    "run_results",
+}
+HEAD = "0003_request_logs"
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
@@ -54,7 +62,7 @@ async def test_open_creates_migrates_and_has_no_drift(fresh_url: FreshUrl) -> No
         async with store.connect() as conn:
             tables = set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
-        assert USAGE_TABLES <= tables
+        assert USAGE_TABLES | LOG_TABLES <= tables
         assert version == [(HEAD,)]
         await check_schema(store.engine)
         if store.dialect == "sqlite":
@@ -135,7 +143,7 @@ def test_unsupported_urls_are_refused() -> None:
 
 
 def test_every_table_has_a_migration() -> None:
-    assert set(Base.metadata.tables) == USAGE_TABLES
+    assert set(Base.metadata.tables) == USAGE_TABLES | LOG_TABLES
 
 
 async def test_the_by_label_rollups_start_from_the_history(fresh_url: FreshUrl) -> None:
