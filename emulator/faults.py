@@ -36,6 +36,13 @@ class FaultPlan:
     chunks: int | None = None
     chunk_delay_ms: float | None = None
     tuning_failed: bool = False
+    # A malicious or leaky upstream: every error body of the request carries its URL and
+    # headers (echo); a plain-text error; an error object in an HTTP 200 body; a stream cut
+    # off inside its last event.
+    echo: bool = False
+    plain_error_code: int | None = None
+    error_200_code: int | None = None
+    truncated: bool = False
 
     def then(self, fallback: FaultPlan) -> FaultPlan:
         """This plan, with anything it leaves unset taken from `fallback`."""
@@ -97,7 +104,18 @@ def parse_fault(spec: str) -> FaultPlan:
         code = _error_code(arg) if arg else 500
         kind = "raw" if name == "stream_error_raw" else "data"
         return FaultPlan(stream_error=kind, stream_error_code=code)
-    if not arg and name in ("disconnect", "malformed", "html", "tuning_failed"):
+    if name == "plain":
+        return FaultPlan(plain_error_code=_error_code(arg) if arg else 500)
+    if name == "error_200":
+        return FaultPlan(error_200_code=_error_code(arg) if arg else 500)
+    if not arg and name in (
+        "disconnect",
+        "malformed",
+        "html",
+        "tuning_failed",
+        "echo",
+        "truncated",
+    ):
         switch: dict[str, Any] = {name: True}
         return FaultPlan(**switch)
     raise FaultSyntaxError(f"unknown emulator fault {spec!r}")

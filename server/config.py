@@ -98,11 +98,32 @@ class Settings(BaseSettings):
         "aiohttp", description="Upstream HTTP client library."
     )
     upstream_timeout_s: float = Field(
-        600.0, description="Upstream time limit for calls that carry no gRPC deadline."
+        120.0,
+        gt=0,
+        description="Upstream time limit for a unary call that carries no gRPC deadline "
+        "(streams: upstream_stream_timeout_s; docs/security.md).",
+    )
+    upstream_stream_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Upstream time limit for a whole stream (StreamGenerateContent) that "
+        "carries no gRPC deadline; unary calls use upstream_timeout_s (docs/security.md).",
     )
     connect_timeout_s: float = Field(10.0, description="Upstream connect time limit.")
     max_connections: int = Field(256, description="Pooled upstream connections.")
     max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent, in MiB.")
+    max_upstream_body_mb: float = Field(
+        32.0,
+        gt=0,
+        description="Largest upstream answer of a unary call, in MiB (decoded); a larger one "
+        "is refused with RESOURCE_EXHAUSTED without being read whole.",
+    )
+    max_sse_event_mb: float = Field(
+        16.0,
+        gt=0,
+        description="Largest single event of an upstream stream, in MiB; a larger one ends "
+        "the call with RESOURCE_EXHAUSTED.",
+    )
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
     tls_client_ca_file: Path | None = Field(
@@ -118,6 +139,12 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     metrics_port: int | None = Field(
         None, description="Serve Prometheus metrics at http://host:port/metrics (off if unset)."
+    )
+    console_port: int | None = Field(
+        None,
+        description="Serve the web console and the REST/JSON face of the gateway's own "
+        "services on this port (0 picks a free one). Unset: `serve` opens it on 8080 in "
+        "development mode on a loopback address, and nowhere otherwise.",
     )
     strip_labels: bool = Field(
         False,

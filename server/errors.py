@@ -4,6 +4,35 @@ The mapping is one table, as data. Google's error body names its google.rpc.Code
 `error.status`, which is authoritative; the HTTP status is only a fallback for bodies
 that cannot be parsed (the API-level mapping documented in google/rpc/code.proto, not
 gRPC's transport-level HTTP table).
+
+Upstream faults are never blamed on the caller. The rule, by what the upstream did:
+
+=====================================================  ==================  =====================
+upstream                                               status              message starts
+=====================================================  ==================  =====================
+non-2xx with a Google error body                       its `error.status`  its own message
+non-2xx with any other body (HTML, text, cut JSON)     by HTTP status;     "upstream returned
+                                                       unreadable 5xx is   HTTP <n> ..."
+                                                       UNAVAILABLE
+answer (body or stream event) not valid UTF-8,         INTERNAL            "upstream sent ..."
+not JSON, not a JSON object, or not fitting the
+response message
+JSON nested deeper than the parsers allow              INTERNAL            "upstream sent ..."
+answer larger than `max_upstream_body_mb`              RESOURCE_EXHAUSTED  names the limit and
+stream event larger than `max_sse_event_mb`                                the setting
+stream ending inside an event (no closing blank        UNAVAILABLE         "upstream stream
+line, incomplete JSON or UTF-8): the transport broke                       ended ..."
+connection refused, reset or closed mid-body           UNAVAILABLE         "cannot reach ..." /
+                                                                           "upstream closed ..."
+time limit (the call's deadline or the default)        DEADLINE_EXCEEDED   "upstream did not ..."
+=====================================================  ==================  =====================
+
+INTERNAL says the upstream answered, completely, with something broken (asking again
+gets the same); UNAVAILABLE that the exchange itself broke (asking again may work).
+Messages name what went wrong in words, never a Python class name.
+
+No secret leaves through an error: an UpstreamError redacts its message and details when it
+is built (redaction.py), and body snippets are redacted before they are cut.
 """
 
 from __future__ import annotations
@@ -16,6 +45,8 @@ from contextlib import asynccontextmanager
 import grpc
 from google.protobuf import any_pb2, json_format, symbol_database
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gemini_gateway.server import redaction
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +84,11 @@ class UpstreamError(Exception):
     def __init__(
         self, code: grpc.StatusCode, message: str, details: tuple[any_pb2.Any, ...] = ()
     ) -> None:
+        # Built while serving a call: whatever the call sent upstream is redacted here, so
+        # no copy of the message (caller, log, stored record) can carry it.
+        redactor = redaction.current()
+        message = redactor.redact(message)
+        details = redactor.redact_details(details) if details else ()
         super().__init__(code, message)
         self.code = code
         self.message = message
@@ -60,6 +96,14 @@ class UpstreamError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
+
+    def redact(self, redactor: redaction.Redactor) -> UpstreamError:
+        """Redact message and details in place (for an error made outside the call's task,
+        whose secrets it could not know when it was built); returns self."""
+        self.message = redactor.redact(self.message)
+        self.details = redactor.redact_details(self.details) if self.details else ()
+        self.args = (self.code, self.message)
+        return self
 
     def to_status_proto(self) -> status_pb2.Status:
         return status_pb2.Status(
@@ -116,14 +160,14 @@ def details_to_any(details: list[object]) -> tuple[any_pb2.Any, ...]:
         try:
             message_class = db.GetSymbol(type_name)
         except KeyError:
-            log.debug("dropping error detail of unknown type %s", type_url)
+            log.debug("dropping error detail of unknown type %s", redaction.redact(str(type_url)))
             continue
         fields = {k: v for k, v in detail.items() if k != "@type"}
         message = message_class()
         try:
             json_format.ParseDict(fields, message, ignore_unknown_fields=True)
-        except json_format.ParseError:
-            log.debug("dropping unparsable error detail of type %s", type_url)
+        except (json_format.ParseError, RecursionError):
+            log.debug("dropping unparsable error detail of type %s", type_name)
             continue
         any_detail = any_pb2.Any()
         any_detail.Pack(message)
@@ -153,7 +197,7 @@ def from_http_response(http_status: int, content_type: str, body: bytes) -> Upst
     """Map a non-2xx REST response to an UpstreamError."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deeply
         parsed = None
     # Some proxies answer with a JSON array holding the error object.
     if isinstance(parsed, list) and len(parsed) == 1:
@@ -162,7 +206,7 @@ def from_http_response(http_status: int, content_type: str, body: bytes) -> Upst
         mapped = from_error_object(parsed.get("error"), http_status)
         if mapped is not None:
             return mapped
-    snippet = body[:200].decode("utf-8", "replace").strip()
+    snippet = body_snippet(body)
     code = code_for_http_status(http_status)
     if 500 <= http_status < 600 and code is grpc.StatusCode.INTERNAL:
         code = _UNREADABLE_5XX
@@ -172,6 +216,28 @@ def from_http_response(http_status: int, content_type: str, body: bytes) -> Upst
         f"upstream returned HTTP {http_status} with a body that is not a Google error "
         f"({kind}): {snippet!r}",
     )
+
+
+def size_text(size: int) -> str:
+    """A byte size as a limit is told: in MiB (`16 MiB`, `0.5 MiB`), else in bytes."""
+    mib = f"{size / (1024 * 1024):g}"
+    return f"{mib} MiB" if "e" not in mib and len(mib) <= 6 else f"{size} bytes"
+
+
+# Characters of an upstream body quoted in a message; redaction runs on a longer stretch
+# first (SNIPPET_SCAN_CHARS), so a cut never leaves the start of a secret behind.
+SNIPPET_CHARS = 200
+SNIPPET_SCAN_CHARS = 4096
+
+
+def body_snippet(body: bytes | str, limit: int = SNIPPET_CHARS) -> str:
+    """The start of an upstream body as text, fit to quote: secrets redacted, then cut."""
+    if isinstance(body, bytes):
+        text = body[: SNIPPET_SCAN_CHARS * 4].decode("utf-8", "replace")
+    else:
+        text = body
+    text = redaction.redact(text[:SNIPPET_SCAN_CHARS]).strip()
+    return text[:limit]
 
 
 def invalid_argument(message: str, field: str | None = None) -> UpstreamError:

@@ -96,7 +96,13 @@ async def test_deadline_reaches_upstream_as_timeout(generative, emulator, http) 
 async def test_upstream_time_limit_without_a_deadline(emulator) -> None:
     # No gRPC deadline: the gateway's own upstream_timeout_s bounds the upstream request.
     gw = await start_gateway(
-        Settings(upstream="emulator", upstream_url=emulator.url, port=0, upstream_timeout_s=0.3)
+        Settings(
+            upstream="emulator",
+            upstream_url=emulator.url,
+            port=0,
+            upstream_timeout_s=0.3,
+            upstream_stream_timeout_s=0.3,
+        )
     )
     try:
         async with grpc.aio.insecure_channel(gw.target) as channel:

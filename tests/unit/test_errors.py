@@ -92,3 +92,83 @@ def test_invalid_argument_names_the_field() -> None:
     bad_request = error_details_pb2.BadRequest()
     assert err.details[0].Unpack(bad_request)
     assert bad_request.field_violations[0].field == "labels"
+
+
+# Upstream faults by the written rule: never blamed on the caller, never a class name.
+
+
+def test_deeply_nested_error_body_falls_back_to_the_http_status() -> None:
+    body = b'{"error": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    err = errors.from_http_response(503, "application/json", body)
+    assert err.code is grpc.StatusCode.UNAVAILABLE
+    assert err.message.startswith("upstream returned HTTP 503 with a body that is not a Google")
+
+
+def test_deeply_nested_detail_is_dropped() -> None:
+    # Parsed by json (600 levels), refused by protobuf's json_format (over 100): dropped.
+    fields = '{"x": {"structValue": {"fields": ' * 200 + "{}" + "}}}" * 200
+    detail = '{"@type": "type.googleapis.com/google.protobuf.Struct", "fields": ' + fields + "}"
+    retry = '{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}'
+    body = (
+        '{"error": {"code": 400, "message": "m", "status": "INVALID_ARGUMENT", '
+        f'"details": [{detail}, {retry}]}}}}'
+    )
+    err = errors.from_http_response(400, "application/json", body.encode())
+    assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [d.type_url.rpartition(".")[2] for d in err.details] == ["RetryInfo"]
+
+
+def test_snippet_is_redacted_before_it_is_cut() -> None:
+    from gemini_gateway.server import redaction
+
+    secret = "snippet-secret-0123456789abcdef"
+    redaction.SECRETS.add(secret)
+    try:
+        for cut in range(180, 200):
+            body = b"x" * cut + b" key " + secret.encode() + b" tail"
+            err = errors.from_http_response(502, "text/html", body)
+            assert secret[:8] not in err.message, cut
+            assert secret[-8:] not in err.message, cut
+    finally:
+        redaction.SECRETS.clear()
+
+
+def test_upstream_json_rule() -> None:
+    from gemini_gateway.server.upstream_body import parse_upstream_json
+
+    assert parse_upstream_json(b'{"a": [1]}', "x") == {"a": [1]}
+    cases = {
+        b'{"t": "\xff"}': "upstream sent the answer that is not valid UTF-8 (invalid byte at "
+        "offset 7)",
+        b"<html>": "upstream sent the answer that is not valid JSON: '<html>'",
+        b"[" * 100_000: "upstream sent the answer nested too deeply to read",
+    }
+    for payload, message in cases.items():
+        with pytest.raises(errors.UpstreamError) as info:
+            parse_upstream_json(payload, "the answer")
+        assert (info.value.code, info.value.message) == (grpc.StatusCode.INTERNAL, message)
+
+
+def test_sizes_are_told_in_mib_or_bytes() -> None:
+    assert errors.size_text(32 * 1024 * 1024) == "32 MiB"
+    assert errors.size_text(512 * 1024) == "0.5 MiB"
+    assert errors.size_text(100) == "100 bytes"
+
+
+def test_transport_failures_are_told_without_class_names() -> None:
+    from gemini_gateway.server.transports import describe
+
+    class TransferEncodingError(Exception):
+        pass
+
+    wrapped = Exception(
+        "Response payload is not completed: <TransferEncodingError: 400, "
+        "message='Not enough data to satisfy transfer length header.'>"
+    )
+    assert describe(wrapped) == (
+        "Response payload is not completed: 400, message='Not enough data to satisfy "
+        "transfer length header.'"
+    )
+    assert describe(TransferEncodingError()) == "the connection failed"
+    reset = ConnectionResetError("Connection reset by peer")
+    assert describe(reset) == "Connection reset by peer"
