@@ -17,8 +17,17 @@ from google.longrunning import operations_proto_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import gemini_gateway.generated.google.ai.generativelanguage.v1beta as v1beta
+from gemini_gateway.generated.gemini.gateway.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    logs_pb2,
+    logs_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
-from gemini_gateway.generated.gemini.gateway.v1 import usage_pb2, usage_pb2_grpc
 from gemini_gateway.generated.google.ai.generativelanguage.v1 import (
     generative_service_pb2 as v1_generative_service_pb2,
 )
@@ -33,13 +42,20 @@ from gemini_gateway.server import reflection, startup
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.identity import CallerDirectory
+from gemini_gateway.server.log_event import LogEvent, LogSkip
+from gemini_gateway.server.log_tail import LogBus
 from gemini_gateway.server.metering import UsageMetrics
 from gemini_gateway.server.metrics import MetricsInterceptor, serve_metrics
 from gemini_gateway.server.operations import WAIT_OPERATION, LocalOperations
 from gemini_gateway.server.recorder import Recorder
+from gemini_gateway.server.request_log import LogCapture, LoggingPolicies
 from gemini_gateway.server.routes import RouteTable, load_service_config_rules
+from gemini_gateway.server.services.datasets import DatasetServicer
+from gemini_gateway.server.services.logs import LogServicer
+from gemini_gateway.server.services.runs import RunServicer
 from gemini_gateway.server.services.usage import UsageServicer
 from gemini_gateway.server.store import Store
+from gemini_gateway.server.store.logs import LogWriter
 from gemini_gateway.server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
 from gemini_gateway.server.validation import VALIDATORS
 
@@ -61,6 +77,9 @@ FORWARDED_SERVICES = (
 LOCAL_SERVICES = (
     watch_pb2.DESCRIPTOR.services_by_name["OperationWatchService"],
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
+    logs_pb2.DESCRIPTOR.services_by_name["LogService"],
+    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"],
+    runs_pb2.DESCRIPTOR.services_by_name["RunService"],
 )
 # http rules for methods whose .proto has none for v1beta (google.longrunning.Operations).
 SERVICE_CONFIG = Path(next(iter(v1beta.__path__))) / "generativelanguage_v1beta.yaml"
@@ -84,7 +103,10 @@ class Gateway:
     upstream: UpstreamClient
     health: health.aio.HealthServicer
     store: Store
-    recorder: Recorder | None
+    recorder: Recorder
+    policies: LoggingPolicies
+    log_bus: LogBus
+    runs: RunServicer
     _emulator: EmulatorHandle | None = field(default=None)
 
     @property
@@ -93,9 +115,12 @@ class Gateway:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        # Live tails end first: they would otherwise hold the drain for its whole grace.
+        await self.log_bus.stop()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
-        if self.recorder is not None:
-            await self.recorder.stop()  # flushes what the drained calls recorded
+        await self.runs.stop()
+        await self.recorder.stop()  # flushes what the drained calls recorded
+        await self.policies.stop()
         await self.store.close()
         await self.upstream.aclose()
         if self._emulator is not None:
@@ -159,11 +184,19 @@ async def _start(
     prices = startup.load_price_table(settings.price_table_file)
     store = await startup.open_store(settings.store_url)  # created and migrated on first start
     opened.push_async_callback(store.close)
-    recorder = None
-    if settings.record_usage:
-        recorder = Recorder(store, max_queue=settings.recorder_queue_size)
-        recorder.start()
-        opened.push_async_callback(recorder.stop)
+    # One recorder for usage events (unless switched off) and request logs.
+    recorder = Recorder(store, max_queue=settings.recorder_queue_size)
+    policies = LoggingPolicies(settings, store)
+    await policies.start()
+    opened.push_async_callback(policies.stop)
+    log_bus = LogBus(store)
+    await log_bus.start()
+    opened.push_async_callback(log_bus.stop)
+    log_writer = LogWriter(policies.policy_for, log_bus)
+    recorder.register(LogEvent, log_writer)
+    recorder.register(LogSkip, log_writer.write_skips)
+    recorder.start()
+    opened.push_async_callback(recorder.stop)
 
     emulator = None
     emulator_url = None
@@ -177,6 +210,7 @@ async def _start(
         flavour or make_flavour(settings, emulator_url),
         make_transport(settings),
         settings.upstream_timeout_s,
+        stream_timeout_s=settings.upstream_stream_timeout_s,
     )
     opened.push_async_callback(upstream.aclose)
 
@@ -196,13 +230,25 @@ async def _start(
         upstream,
         VALIDATORS,
         callers=callers,
-        recorder=recorder,
+        recorder=recorder if settings.record_usage else None,
         usage_metrics=UsageMetrics(settings.metrics_label_keys),
         strip_labels=settings.strip_labels,
+        log_capture=LogCapture(recorder, policies),
     )
     server.add_generic_rpc_handlers(forwarder.generic_handlers())
-    server.add_generic_rpc_handlers(LocalOperations(forwarder).generic_handlers())
+    runs = RunServicer(store, callers, forwarder, prices)
+    opened.push_async_callback(runs.stop)
+    server.add_generic_rpc_handlers(
+        LocalOperations(forwarder, local_operations=runs.operation).generic_handlers()
+    )
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(store, callers, prices), server)
+    logs_pb2_grpc.add_LogServiceServicer_to_server(
+        LogServicer(store, callers, policies, log_bus), server
+    )
+    datasets_pb2_grpc.add_DatasetServiceServicer_to_server(
+        DatasetServicer(store, callers, forwarder), server
+    )
+    runs_pb2_grpc.add_RunServiceServicer_to_server(runs, server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -228,7 +274,19 @@ async def _start(
         settings.upstream,
         getattr(upstream.flavour, "base_url", "?"),
     )
-    return Gateway(settings, server, port, upstream, health_servicer, store, recorder, emulator)
+    return Gateway(
+        settings,
+        server,
+        port,
+        upstream,
+        health_servicer,
+        store,
+        recorder,
+        policies,
+        log_bus,
+        runs,
+        emulator,
+    )
 
 
 def _cli_name() -> str:

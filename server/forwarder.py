@@ -7,30 +7,40 @@ validator are checked first; a bad one never reaches the upstream.
 
 Every call is identified first (identity.CallerDirectory). Generate calls (GenerateContent,
 StreamGenerateContent, on models and tuned models alike) also get their labels merged with
-the caller's defaults and validated as one set, and are metered: one usage event per call,
-handed to the recorder after the call, never inside a stream's loop beyond noting the chunk.
+the caller's defaults and validated as one set, and are metered: one usage event per call
+(and one log event when the project logs calls), handed to the recorder after the call,
+never inside a stream's loop beyond noting the chunk.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gemini_gateway.server import errors
+from gemini_gateway.server.any_types import mentions_internal_types, normalize_any_types
 from gemini_gateway.server.identity import CallerDirectory, Identity
 from gemini_gateway.server.labels import LabelError, LabelSet
 from gemini_gateway.server.metering import GENERATE_REQUESTS, CallMeter, UsageMetrics
 from gemini_gateway.server.recorder import Recorder
 from gemini_gateway.server.routes import HttpCall, Route, RouteTable
-from gemini_gateway.server.sse import SseReader
 from gemini_gateway.server.upstream import UpstreamClient
+from gemini_gateway.server.upstream_body import (
+    does_not_fit,
+    not_an_object,
+    parse_upstream_json,
+    too_deep,
+)
+
+if TYPE_CHECKING:
+    from gemini_gateway.server.request_log import LogCapture
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +49,14 @@ Validator = Callable[[Message], list[tuple[str, str]]]
 
 
 def parse_response(route: Route, payload: str | bytes, http_status: int = 200) -> Message:
-    """JSON -> response message, ignoring fields this gateway's protos do not know."""
-    try:
-        parsed = json.loads(payload)
-    except ValueError as exc:
-        raise _unparsable(route, http_status, payload) from exc
+    """JSON -> response message, ignoring fields this gateway's protos do not know.
+
+    What the upstream got wrong is INTERNAL, by the rule in errors.py (upstream_body.py).
+    """
+    what = f"an HTTP {http_status} answer for {route.method.name}"
+    parsed = parse_upstream_json(payload, what)
+    if mentions_internal_types(payload):  # the Batch API's operations (any_types.py)
+        parsed = normalize_any_types(parsed)
     # `{"error": ...}` in a 2xx body is an error (mid-stream, or a proxy's), unless the
     # response type has an `error` field of its own (google.longrunning.Operation does).
     if (
@@ -55,36 +68,15 @@ def parse_response(route: Route, payload: str | bytes, http_status: int = 200) -
         if mapped is not None:
             raise mapped
     if not isinstance(parsed, dict):
-        raise _unparsable(route, http_status, payload)
+        raise not_an_object(what)
     message = route.response_class()
     try:
         json_format.ParseDict(parsed, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
-        raise errors.UpstreamError(
-            grpc.StatusCode.INTERNAL,
-            f"upstream HTTP {http_status} answer does not fit "
-            f"{route.response_class.DESCRIPTOR.full_name}: {exc}",
-        ) from exc
+        raise does_not_fit(what, route.response_class.DESCRIPTOR.full_name, str(exc)) from None
+    except RecursionError:
+        raise too_deep(what) from None
     return message
-
-
-def _unparsable(route: Route, http_status: int, payload: str | bytes) -> errors.UpstreamError:
-    text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
-    return errors.UpstreamError(
-        grpc.StatusCode.INTERNAL,
-        f"upstream HTTP {http_status} answer for {route.method.name} is not valid JSON: "
-        f"{text[:200]!r}",
-    )
-
-
-async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Each SSE event's data as soon as its last byte arrives, then what the end completes."""
-    reader = SseReader()
-    async for chunk in chunks:
-        for payload in reader.feed(chunk):
-            yield payload
-    for payload in reader.close():
-        yield payload
 
 
 class Forwarder:
@@ -100,6 +92,7 @@ class Forwarder:
         recorder: Recorder | None = None,
         usage_metrics: UsageMetrics | None = None,
         strip_labels: bool = False,
+        log_capture: LogCapture | None = None,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
@@ -108,6 +101,7 @@ class Forwarder:
         self._recorder = recorder
         self._usage_metrics = usage_metrics or UsageMetrics(())
         self._strip_labels = strip_labels
+        self._log_capture = log_capture
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = defaultdict(dict)
@@ -157,7 +151,10 @@ class Forwarder:
         call = route.to_http(request)
         if self._strip_labels and call.body is not None:
             call.body.pop("labels", None)
-        meter = CallMeter(
+        # With request logging, LogCapture picks the meter: one that also logs the call when
+        # its project logs calls.
+        new_meter = CallMeter if self._log_capture is None else self._log_capture.meter
+        meter = new_meter(
             self._recorder,
             self._usage_metrics,
             identity,
@@ -223,10 +220,10 @@ class Forwarder:
             call, meter = self._prepare(route, request, context)
             error: BaseException | None = None
             try:
-                async with self.upstream.stream(
+                async with self.upstream.stream_events(
                     call, context.invocation_metadata() or (), context.time_remaining()
-                ) as chunks:
-                    async for payload in _sse_events(chunks):
+                ) as events:
+                    async for payload in events:
                         message = parse_response(route, payload)
                         if meter is not None:
                             meter.response(message)  # type: ignore[arg-type]

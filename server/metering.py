@@ -149,7 +149,8 @@ class CallMeter:
         if message.HasField("usage_metadata"):
             self._usage = message.usage_metadata
 
-    def finish(self, error: BaseException | None) -> None:
+    def finish(self, error: BaseException | None) -> UsageEvent:
+        """Count the call and hand its usage event to the recorder; returns the event."""
         status = status_name(error)
         usage = self._usage
         # v1's UsageMetadata has no cached_content_token_count: what a version lacks counts 0.
@@ -179,3 +180,4 @@ class CallMeter:
         self._metrics.observe(event)
         if self._recorder is not None:
             self._recorder.record(event)
+        return event

@@ -23,11 +23,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"gemini/gateway/v1/operations.proto\x12\x11gemini.gateway.v1\x1a#google/longrunning/operations.proto\x1a\x1egoogle/protobuf/duration.proto\"W\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\rpoll_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"J\n\x16WatchOperationResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation2\x80\x01\n\x15OperationWatchService\x12g\n\x0eWatchOperation\x12(.gemini.gateway.v1.WatchOperationRequest\x1a).gemini.gateway.v1.WatchOperationResponse0\x01\x42\\\n\x15\x63om.gemini.gateway.v1P\x01ZAgithub.com/gemini-grpc-gateway/gen/go/gemini/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"gemini/gateway/v1/operations.proto\x12\x11gemini.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a#google/longrunning/operations.proto\x1a\x1egoogle/protobuf/duration.proto\"W\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\rpoll_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"J\n\x16WatchOperationResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation2\x9e\x01\n\x15OperationWatchService\x12\x84\x01\n\x0eWatchOperation\x12(.gemini.gateway.v1.WatchOperationRequest\x1a).gemini.gateway.v1.WatchOperationResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=**}:watch0\x01\x42\\\n\x15\x63om.gemini.gateway.v1P\x01ZAgithub.com/gemini-grpc-gateway/gen/go/gemini/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +36,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gemini.gateway.v1.operation
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\025com.gemini.gateway.v1P\001ZAgithub.com/gemini-grpc-gateway/gen/go/gemini/gateway/v1;gatewayv1'
-  _globals['_WATCHOPERATIONREQUEST']._serialized_start=126
-  _globals['_WATCHOPERATIONREQUEST']._serialized_end=213
-  _globals['_WATCHOPERATIONRESPONSE']._serialized_start=215
-  _globals['_WATCHOPERATIONRESPONSE']._serialized_end=289
-  _globals['_OPERATIONWATCHSERVICE']._serialized_start=292
-  _globals['_OPERATIONWATCHSERVICE']._serialized_end=420
+  _globals['_OPERATIONWATCHSERVICE'].methods_by_name['WatchOperation']._loaded_options = None
+  _globals['_OPERATIONWATCHSERVICE'].methods_by_name['WatchOperation']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/{name=**}:watch'
+  _globals['_WATCHOPERATIONREQUEST']._serialized_start=156
+  _globals['_WATCHOPERATIONREQUEST']._serialized_end=243
+  _globals['_WATCHOPERATIONRESPONSE']._serialized_start=245
+  _globals['_WATCHOPERATIONRESPONSE']._serialized_end=319
+  _globals['_OPERATIONWATCHSERVICE']._serialized_start=322
+  _globals['_OPERATIONWATCHSERVICE']._serialized_end=480
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,14 @@
 """request logs, logging settings, datasets and dataset re-runs
 
-Free-text search over `request_logs.search_text` is set up by the request-log store
-(see server/store/logs.py), beside these tables.
+Free-text search over `request_logs.search_text` is set up here beside the tables, per
+database (the models do not describe it; the migration environment leaves it out of its
+comparison):
+
+- SQLite: an FTS5 table `request_logs_fts` whose content is `request_logs` itself (external
+  content, keyed by its rowid), kept in step by triggers on insert, delete and update;
+- PostgreSQL: a GIN index over `to_tsvector('simple', search_text)`.
+
+Queries match them in server/store/logs.py.
 
 Revision ID: 0003_request_logs
 Revises: 0002_usage_by_label
@@ -20,6 +27,38 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+# Words are runs of letters, digits and combining marks (Indic scripts keep their vowel signs
+# within the word), case-folded; accents are kept, as PostgreSQL's 'simple' configuration does.
+_SQLITE_SEARCH_UP = (
+    "CREATE VIRTUAL TABLE request_logs_fts USING fts5(search_text, content='request_logs', "
+    "tokenize=\"unicode61 remove_diacritics 0 categories 'L* N* Co M*'\")",
+    "CREATE TRIGGER request_logs_fts_insert AFTER INSERT ON request_logs BEGIN "
+    "INSERT INTO request_logs_fts (rowid, search_text) VALUES (new.rowid, new.search_text); END",
+    "CREATE TRIGGER request_logs_fts_delete AFTER DELETE ON request_logs BEGIN "
+    "INSERT INTO request_logs_fts (request_logs_fts, rowid, search_text) "
+    "VALUES ('delete', old.rowid, old.search_text); END",
+    "CREATE TRIGGER request_logs_fts_update AFTER UPDATE OF search_text ON request_logs BEGIN "
+    "INSERT INTO request_logs_fts (request_logs_fts, rowid, search_text) "
+    "VALUES ('delete', old.rowid, old.search_text); "
+    "INSERT INTO request_logs_fts (rowid, search_text) VALUES (new.rowid, new.search_text); END",
+)
+_SQLITE_SEARCH_DOWN = (
+    "DROP TRIGGER IF EXISTS request_logs_fts_update",
+    "DROP TRIGGER IF EXISTS request_logs_fts_delete",
+    "DROP TRIGGER IF EXISTS request_logs_fts_insert",
+    "DROP TABLE IF EXISTS request_logs_fts",
+)
+_POSTGRESQL_SEARCH_UP = (
+    "CREATE INDEX ix_request_logs_search_text ON request_logs "
+    "USING gin (to_tsvector('simple'::regconfig, search_text))",
+)
+_POSTGRESQL_SEARCH_DOWN = ("DROP INDEX IF EXISTS ix_request_logs_search_text",)
+
+
+def _run(statements: dict[str, tuple[str, ...]]) -> None:
+    for statement in statements.get(op.get_context().dialect.name, ()):
+        op.execute(statement)
 
 
 def upgrade() -> None:
@@ -139,6 +178,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("dataset_logs", schema=None) as batch_op:
         batch_op.create_index("ix_dataset_logs_log_id", ["log_id"], unique=False)
+    _run({"sqlite": _SQLITE_SEARCH_UP, "postgresql": _POSTGRESQL_SEARCH_UP})
 
     op.create_table(
         "dataset_runs",
@@ -208,6 +248,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_dataset_logs_log_id")
 
     op.drop_table("dataset_logs")
+    _run({"sqlite": _SQLITE_SEARCH_DOWN, "postgresql": _POSTGRESQL_SEARCH_DOWN})
     with op.batch_alter_table("request_logs", schema=None) as batch_op:
         batch_op.drop_index("ix_request_logs_project_id")
         batch_op.drop_index("ix_request_logs_project_create_time")
