@@ -38,6 +38,9 @@ def serve(
     tuning_seconds: Annotated[
         float | None, typer.Option(help="Duration of a tuning job.", show_default=False)
     ] = None,
+    batch_seconds: Annotated[
+        float | None, typer.Option(help="Duration of a batch.", show_default=False)
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for generated values.", show_default=False)
     ] = None,
@@ -58,6 +61,7 @@ def serve(
         "fault": fault,
         "api_key": api_key,
         "tuning_seconds": tuning_seconds,
+        "batch_seconds": batch_seconds,
         "seed": seed,
         "strict_fields": False if lenient_fields else None,
     }

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gemini_gateway.emulator import batches, recorder, tuning
 from gemini_gateway.emulator.auth import api_key_middleware
+from gemini_gateway.emulator.batches import BATCHES_KEY, BatchStore
 from gemini_gateway.emulator.catalog import get_model, list_models
 from gemini_gateway.emulator.embeddings import batch_embed_contents, embed_content
 from gemini_gateway.emulator.errors import ApiError, method_not_allowed, unknown_url
@@ -59,7 +60,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def create_app(settings: EmulatorSettings | None = None) -> web.Application:
-    """A fresh emulator with its own request log, stats and tuned models."""
+    """A fresh emulator with its own request log, stats, tuned models and batches."""
     settings = settings or EmulatorSettings()
     # Outermost first: count every exchange, then render errors (including auth and fault
     # errors), then check the key, then apply delays and header faults.
@@ -70,6 +71,7 @@ def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[RECORDER_KEY] = Recorder(size=settings.request_log_size)
     app[TUNING_KEY] = TuningStore(settings.tuning_seconds, settings.seed)
+    app[BATCHES_KEY] = BatchStore(settings.batch_seconds, settings.seed)
 
     app.router.add_get(VERSION + "/models", list_models)
     app.router.add_get(MODEL, get_model)

@@ -26,6 +26,8 @@ class EmulatorSettings(BaseSettings):
     """When set, requests must carry this key (x-goog-api-key header or ?key=)."""
     tuning_seconds: float = 3.0
     """Wall-clock duration of an emulated tuning job."""
+    batch_seconds: float = 2.0
+    """Wall-clock duration of an emulated batch (BatchGenerateContent)."""
     seed: int = 0
     """Seed for generated text, schema values, embeddings and tuned-model ids."""
     request_log_size: int = 200

@@ -235,12 +235,13 @@ async def _start(
         strip_labels=settings.strip_labels,
         log_capture=LogCapture(recorder, policies),
     )
-    server.add_generic_rpc_handlers(forwarder.generic_handlers())
     runs = RunServicer(store, callers, forwarder, prices)
     opened.push_async_callback(runs.stop)
+    # Before the forwarder's: its GetOperation answers the gateway's own operations too.
     server.add_generic_rpc_handlers(
         LocalOperations(forwarder, local_operations=runs.operation).generic_handlers()
     )
+    server.add_generic_rpc_handlers(forwarder.generic_handlers())
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(store, callers, prices), server)
     logs_pb2_grpc.add_LogServiceServicer_to_server(
         LogServicer(store, callers, policies, log_bus), server

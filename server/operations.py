@@ -6,13 +6,17 @@
   deadline nears.
 - gemini.gateway.v1.OperationWatchService.WatchOperation: polls on the caller's behalf and
   streams the operation every time it changes, ending after it is done.
+
+Operations of the gateway's own (dataset re-runs, named `projects/...`) are read from the
+`local_operations` hook instead of upstream; it sees the caller's identity, so a caller
+reaches only its own project's operations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.longrunning import operations_pb2
@@ -20,6 +24,11 @@ from google.longrunning import operations_pb2
 from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
 from gemini_gateway.server import errors
 from gemini_gateway.server.forwarder import Forwarder
+from gemini_gateway.server.identity import Identity
+
+LocalOperation = Callable[[str, Identity], Awaitable[operations_pb2.Operation | None]]
+"""Reads an operation the gateway runs itself; None when the name is not one of its own."""
+LOCAL_PREFIX = "projects/"
 
 GET_OPERATION = "/google.longrunning.Operations/GetOperation"
 WAIT_OPERATION = "google.longrunning.Operations.WaitOperation"
@@ -39,17 +48,33 @@ MIN_POLL_INTERVAL_S = 0.1
 
 
 class LocalOperations:
-    """WaitOperation and WatchOperation, reading operations through the forwarder."""
+    """GetOperation, WaitOperation and WatchOperation: the gateway's own operations (named
+    `projects/...`, answered by `local_operations`) and, through the forwarder, upstream ones."""
 
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(
+        self, forwarder: Forwarder, *, local_operations: LocalOperation | None = None
+    ) -> None:
         self._forwarder = forwarder
         self._get_route = forwarder.routes[GET_OPERATION]
+        self._local = local_operations
 
     async def _get(self, name: str, context: grpc.aio.ServicerContext) -> operations_pb2.Operation:
         if not name:
             raise errors.invalid_argument("the operation name is required", field="name")
+        if self._local is not None and name.startswith(LOCAL_PREFIX):
+            identity = self._forwarder.callers.identify(context.invocation_metadata() or ())
+            local = await self._local(name, identity)
+            if local is not None:
+                return local
         request = operations_pb2.GetOperationRequest(name=name)
         return await self._forwarder.call(self._get_route, request, context)
+
+    async def get_operation(
+        self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
+        """GetOperation: the gateway's own operations (dataset runs) here, others upstream."""
+        async with errors.aborting_on_error(context, field="name"):
+            return await self._get(request.name, context)
 
     async def wait_operation(
         self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext
@@ -98,9 +123,15 @@ class LocalOperations:
             request_deserializer=watch_pb2.WatchOperationRequest.FromString,
             response_serializer=watch_pb2.WatchOperationResponse.SerializeToString,
         )
+        get = grpc.unary_unary_rpc_method_handler(
+            self.get_operation,
+            request_deserializer=operations_pb2.GetOperationRequest.FromString,
+            response_serializer=operations_pb2.Operation.SerializeToString,
+        )
+        # Registered before the forwarder's handlers: this GetOperation takes precedence.
         return [
             grpc.method_handlers_generic_handler(
-                "google.longrunning.Operations", {"WaitOperation": wait}
+                "google.longrunning.Operations", {"GetOperation": get, "WaitOperation": wait}
             ),
             grpc.method_handlers_generic_handler(
                 watch_pb2.DESCRIPTOR.services_by_name["OperationWatchService"].full_name,

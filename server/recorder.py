@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 DROPPED = Counter(
     "gateway_recorder_dropped_events",
-    "Events the recorder could not store, by reason: queue_full, store_error, or stopped "
-    "(recorded after stop() or still queued when its timeout ran out).",
+    "Events the recorder could not store, by reason: queue_full, store_error, stopped "
+    "(recorded after stop() or still queued when its timeout ran out), or unconvertible "
+    "(an event its writer could not turn into a row; the rest of its batch is written).",
     ["reason"],
 )
 WRITTEN = Counter("gateway_recorder_written_events", "Events written to the store.", ["event"])

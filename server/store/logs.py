@@ -31,6 +31,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -67,9 +68,12 @@ from gemini_gateway.server.log_event import (
     LogSkip,
     is_log_id,
 )
+from gemini_gateway.server.recorder import DROPPED
 from gemini_gateway.server.store.engine import Store
 from gemini_gateway.server.store.log_tables import DatasetLog, LoggingSettingsRow, RequestLog
 from gemini_gateway.server.store.usage import STATUS_NAMES
+
+log = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 200
 MAX_SEARCH_CHARS = 100_000
@@ -488,9 +492,22 @@ class LogWriter:
         if not events:
             return None
         db = await _Statements.open(conn)
+        # One event the conversion cannot handle (an unforeseen message shape) is dropped
+        # and counted on its own; the rest of the batch is still written.
+        rows: dict[str, tuple[Any, ...]] = {}
         by_project: dict[str, list[LogEvent]] = {}
         for event in events:
+            try:
+                rows[event.id] = _row(event, db)
+            except Exception:
+                DROPPED.labels("unconvertible").inc()
+                log.exception(
+                    "log %s of project %s could not be converted", event.id, event.project
+                )
+                continue
             by_project.setdefault(event.project, []).append(event)
+        if not by_project:
+            return None
         projects = sorted(by_project)
         await _lock_projects(db, projects)
         counts = dict(await db.rows(_count_sql(db.dialect, len(projects)), tuple(projects)))
@@ -505,8 +522,7 @@ class LogWriter:
             kept.extend(stored)
             counters[project] = [skipped, 0, evicted, 0]
 
-        rows = [_row(event, db) for event in kept]
-        await _insert_rows(db, _insert_logs_sql, rows)
+        await _insert_rows(db, _insert_logs_sql, [rows[event.id] for event in kept])
         await _add_counters(db, counters)
         written: dict[str, list[str]] = {}
         for event in kept:

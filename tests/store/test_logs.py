@@ -30,6 +30,7 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
 )
 from gemini_gateway.server.filters import FilterError
 from gemini_gateway.server.log_event import LogEvent, LoggingPolicy, LogNotifier, LogSkip
+from gemini_gateway.server.recorder import DROPPED
 from gemini_gateway.server.store import Store, open_store
 from gemini_gateway.server.store import logs as logs_module
 from gemini_gateway.server.store.engine import alembic_config, check_schema, upgrade
@@ -448,6 +449,16 @@ async def test_a_failed_call_has_no_response_and_keeps_its_error(store: Store) -
     assert record.response_json == ""
     assert (record.response_preview, record.finish_reason, record.response_id) == ("", "", "")
     assert record.prompt_preview == "Hello there"
+
+
+async def test_an_event_that_cannot_be_converted_is_dropped_alone(store: Store) -> None:
+    dropped = DROPPED.labels("unconvertible")
+    before = dropped._value.get()
+    # A response of the wrong type: the merge cannot read it.
+    bad = event(2, responses=[content_pb2.Content(role="model")], method="StreamGenerateContent")
+    await write(store, [event(1), bad, event(3)])
+    assert await all_pages(store) == [3, 1]
+    assert dropped._value.get() == before + 1
 
 
 async def test_text_with_nul_and_any_script_is_stored(store: Store) -> None:
