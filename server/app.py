@@ -40,7 +40,9 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
 )
 from gemini_gateway.server import reflection, startup
 from gemini_gateway.server.config import Settings
+from gemini_gateway.server.console import CONSOLE_DIR, info_route, with_console_default
 from gemini_gateway.server.forwarder import Forwarder
+from gemini_gateway.server.http_face import HttpFaceHandle, build_http_face, start_http_face
 from gemini_gateway.server.identity import CallerDirectory
 from gemini_gateway.server.log_event import LogEvent, LogSkip
 from gemini_gateway.server.log_tail import LogBus
@@ -81,6 +83,12 @@ LOCAL_SERVICES = (
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"],
     runs_pb2.DESCRIPTOR.services_by_name["RunService"],
 )
+# Forwarded services the console reads through the JSON face too (models, tuned models and
+# their operations), next to the gateway's own.
+CONSOLE_FORWARDED_SERVICES = (
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+    operations_proto_pb2.DESCRIPTOR.services_by_name["Operations"],
+)
 # http rules for methods whose .proto has none for v1beta (google.longrunning.Operations).
 SERVICE_CONFIG = Path(next(iter(v1beta.__path__))) / "generativelanguage_v1beta.yaml"
 
@@ -108,6 +116,7 @@ class Gateway:
     log_bus: LogBus
     runs: RunServicer
     _emulator: EmulatorHandle | None = field(default=None)
+    console: HttpFaceHandle | None = field(default=None)
 
     @property
     def target(self) -> str:
@@ -115,6 +124,8 @@ class Gateway:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.console is not None:
+            await self.console.close()
         # Live tails end first: they would otherwise hold the drain for its whole grace.
         await self.log_bus.stop()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
@@ -155,9 +166,14 @@ async def start_gateway(
     """
     settings = settings or Settings()
     # The quick checks come first: a busy port or a bad file costs no migration or emulator.
+    startup.check_console(settings)
     credentials = _server_credentials(settings)
     if settings.workers <= 1:  # workers share a port the supervisor checked (SO_REUSEPORT)
         startup.check_port(settings.host, settings.port)
+        if settings.console_port is not None:
+            startup.check_port(
+                settings.host, settings.console_port, "the console", "--console-port"
+            )
     if flavour is None and settings.upstream == "vertex":
         flavour = startup.vertex_flavour(settings)
     try:
@@ -265,7 +281,28 @@ async def _start(
     except RuntimeError as exc:  # gRPC says "Failed to bind" only; a probe tells why
         startup.check_port(settings.host, settings.port)
         raise startup.listen_error("the gateway", settings.host, settings.port, None) from exc
+    console_app = None
+    if settings.console_port is not None:  # built before serving: a bad http rule stops here
+        console_app = build_http_face(
+            [*LOCAL_SERVICES, *CONSOLE_FORWARDED_SERVICES],
+            target_of(settings.host, port),
+            static_dir=CONSOLE_DIR,
+            http_rules=load_service_config_rules(SERVICE_CONFIG),
+            routes=[info_route(settings, callers)],
+        )
     await server.start()
+    console = None
+    if console_app is not None:
+        console_port = settings.console_port or 0
+        try:
+            console = await start_http_face(
+                console_app, settings.host, console_port, reuse_port=settings.workers > 1
+            )
+        except OSError as exc:
+            raise startup.listen_error(
+                "the console", settings.host, console_port, exc, "--console-port"
+            ) from exc
+        opened.push_async_callback(console.close)
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -287,6 +324,7 @@ async def _start(
         log_bus,
         runs,
         emulator,
+        console,
     )
 
 
@@ -309,11 +347,16 @@ def _buf() -> str:
 def banner(gateway: Gateway, metrics_port: int | None = None) -> str:
     """What `serve` prints: where it listens, and commands that call it, runnable as shown."""
     upstream_url = getattr(gateway.upstream.flavour, "base_url", "")
-    return banner_text(gateway.settings, gateway.target, upstream_url, metrics_port)
+    console_url = gateway.console.url if gateway.console is not None else None
+    return banner_text(gateway.settings, gateway.target, upstream_url, metrics_port, console_url)
 
 
 def banner_text(
-    settings: Settings, target: str, upstream_url: str, metrics_port: int | None = None
+    settings: Settings,
+    target: str,
+    upstream_url: str,
+    metrics_port: int | None = None,
+    console_url: str | None = None,
 ) -> str:
     """banner() from its parts (the supervisor of several workers has no Gateway of its own)."""
     lines = [
@@ -338,16 +381,28 @@ def banner_text(
     if metrics_port is not None:
         host = target.rsplit(":", 1)[0]
         lines.append(f"  metrics: http://{host}:{metrics_port}/metrics")
+    if console_url is not None:
+        lines.append(f"  console: {console_url}")
     return "\n".join(lines)
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight calls."""
+    console_by_default = settings.console_port is None
+    settings = with_console_default(settings)
     if settings.metrics_port is not None:
         startup.check_port(
             settings.host, settings.metrics_port, "the metrics server", "--metrics-port"
         )
-    gateway = await start_gateway(settings)
+    try:
+        gateway = await start_gateway(settings)
+    except startup.StartupError as exc:
+        # The console `serve` opens by default never stops the gateway (a port taken since
+        # it was checked): start without it. One asked for does stop it.
+        if not console_by_default or settings.console_port is None or "console" not in exc.message:
+            raise
+        log.warning("no web console: %s", exc.message)
+        gateway = await start_gateway(settings.model_copy(update={"console_port": None}))
     metrics_port = None
     if settings.metrics_port is not None:
         try:

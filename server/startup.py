@@ -334,6 +334,16 @@ def listen_error(
     )
 
 
+def check_console(settings: Settings) -> None:
+    """The console's JSON face calls the gateway's own gRPC port in plain text on loopback:
+    with TLS on that port it cannot, yet, so the two are refused together."""
+    if settings.console_port is not None and settings.tls_cert_file is not None:
+        raise StartupError(
+            "the web console cannot run beside TLS yet",
+            "serve the console from a gateway without --tls-cert, or leave --console-port unset",
+        )
+
+
 def check_port(host: str, port: int, what: str = "the gateway", option: str = "--port") -> None:
     """Fail early, with the reason, when host:port cannot be listened on.
 

@@ -300,9 +300,11 @@ class Supervisor:
 async def supervise(settings: Settings, count: int) -> None:
     """Serve with `count` worker processes until SIGINT/SIGTERM, then drain them all."""
     from gemini_gateway.server.app import banner_text, target_of
+    from gemini_gateway.server.console import with_console_default
     from gemini_gateway.server.flavours import make_flavour
     from gemini_gateway.server.metrics import serve_metrics
 
+    settings = with_console_default(settings)
     port, upstream_base = await _preflight(settings)
     metrics_dir = tempfile.mkdtemp(prefix="gemini-gateway-metrics-")
     try:
@@ -332,7 +334,11 @@ async def supervise(settings: Settings, count: int) -> None:
                 raise
             if pids is not None:
                 target = target_of(settings.host, port)
-                print(banner_text(settings, target, upstream_base, metrics_port))
+                console = settings.console_port
+                console_url = (
+                    None if console is None else f"http://{target_of(settings.host, console)}/"
+                )
+                print(banner_text(settings, target, upstream_base, metrics_port, console_url))
                 shown = ", ".join(str(pid) for pid in pids)
                 print(f"  workers: {count} processes sharing the port (pids {shown})", flush=True)
                 await supervisor.stopping.wait()

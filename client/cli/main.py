@@ -23,6 +23,8 @@ from gemini_gateway.cli.common import (
     set_debug,
     usage_error,
 )
+from gemini_gateway.cli.datasets import datasets_app
+from gemini_gateway.cli.logs import logs_app
 from gemini_gateway.cli.tune import tune_app
 from gemini_gateway.cli.usage import usage_app
 from gemini_gateway.client.gateway_client import (
@@ -39,6 +41,8 @@ app = GatewayApp(
 )
 app.add_typer(tune_app, name="tune")
 app.add_typer(usage_app, name="usage")
+app.add_typer(logs_app, name="logs")
+app.add_typer(datasets_app, name="datasets")
 
 
 @app.callback()
@@ -68,6 +72,7 @@ SERVE_OPTIONS = {
     "tls_client_ca_file": "--tls-client-ca",
     "log_level": "--log-level",
     "metrics_port": "--metrics-port",
+    "console_port": "--console-port",
     "upstream_url": "--upstream",
     "workers": "--workers",
 }
@@ -109,6 +114,13 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
+    console_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Web console and REST/JSON face port (default: 8080 in development on "
+            "loopback, else off)."
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes sharing the port (0: one per core).")
     ] = None,
@@ -129,6 +141,7 @@ def serve(
         "tls_client_ca_file": tls_client_ca,
         "log_level": log_level,
         "metrics_port": metrics_port,
+        "console_port": console_port,
         "workers": workers,
     }
     if sum([upstream is not None, emulator, vertex]) > 1:

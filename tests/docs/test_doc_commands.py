@@ -13,6 +13,9 @@ PATH), as the docs say.
 - docs/usage.md: first the eleven calls the doc describes, then the `$ ` transcripts (refused
   labels exit 2 with the line shown, csv, keys, values) and the table the doc shows. Not run:
   the two synopses (`[...]` marks optional parts; the table is checked with the bare command).
+- docs/logs.md: the walkthrough in order on a fresh gateway: logging switched on, calls made,
+  logs listed, shown and filtered, a dataset built, exported in each format, tuned on and
+  re-run, and the `buf curl` calls of the gRPC methods.
 - docs/emulator.md: each `python -m gemini_gateway.emulator` command on a free port instead of
   8081, until it prints what the doc says; a generate call gets 200, or the status its
   `--fault` names; Ctrl-C (SIGINT) stops it with status 0.
@@ -74,11 +77,12 @@ from tests.docs.markdown import (
 DEFAULT_TARGET = "127.0.0.1:50051"
 TUNING = ROOT / "docs" / "tuning.md"
 USAGE = ROOT / "docs" / "usage.md"
+LOGS = ROOT / "docs" / "logs.md"
 EMULATOR = ROOT / "docs" / "emulator.md"
 POLYGLOT = ROOT / "docs" / "polyglot.md"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 WORKERS = ROOT / "docs" / "workers.md"
-WALKED = {ROOT / "README.md", TUNING, USAGE, EMULATOR, POLYGLOT, BENCHMARKS, WORKERS}
+WALKED = {ROOT / "README.md", TUNING, USAGE, LOGS, EMULATOR, POLYGLOT, BENCHMARKS, WORKERS}
 
 TUNING_SKIPPED = {"make serve": "runs until stopped; the test starts the same gateway itself"}
 USAGE_SKIPPED = {
@@ -314,3 +318,16 @@ def test_benchmark_commands_are_accounted_for() -> None:
     assert not unmatched, f"docs/benchmarks.md commands no test runs or skips: {unmatched}"
     stale = [k for k in BENCHMARKS_SKIPPED if not any(c.first_line.startswith(k) for c in commands)]
     assert not stale, f"skip entries that match no command: {stale}"
+
+
+def test_logs_walkthrough(served_gateway: ServedGateway) -> None:
+    _activate_venv(served_gateway)
+    result = walk(
+        doc_commands(LOGS),
+        served_gateway,
+        {},
+        substitutions={DEFAULT_TARGET: served_gateway.target},
+    )
+    assert not result.failures, "\n\n".join(result.failures)
+    for expected in ("logs list", "datasets export", "datasets tune", "datasets rerun", "buf curl"):
+        assert any(expected in line for line in result.ran), (expected, result.ran)

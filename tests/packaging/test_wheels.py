@@ -45,7 +45,7 @@ def test_client_wheel_holds_only_stubs_and_client(client_wheel: Path) -> None:
 def test_full_wheel_holds_server_emulator_and_cli(full_wheel: Path) -> None:
     files = wheel_files(full_wheel)
     assert _top_levels(files) == {"gemini_gateway"}
-    assert _subpackages(files) == {"server", "emulator", "cli"}
+    assert _subpackages(files) == {"server", "emulator", "cli", "console"}
     assert "gemini_gateway/server/app.py" in files
     assert "gemini_gateway/cli/main.py" in files
     assert "gemini_gateway/emulator/app.py" in files
@@ -59,6 +59,15 @@ def test_full_wheel_holds_server_emulator_and_cli(full_wheel: Path) -> None:
     assert expected <= set(files), sorted(expected - set(files))
     assert "gemini_gateway/server/data/prices.toml" in files
     assert "gemini_gateway/server/store/migrations/versions/0001_usage.py" in files
+    # The console's static files, beside server/ as server/console.py expects them.
+    console = ROOT / "console"
+    shipped = {
+        "gemini_gateway/console/" + str(path.relative_to(console))
+        for path in console.rglob("*")
+        if path.is_file() and path.suffix in (".html", ".css", ".js", ".py")
+    }
+    assert "gemini_gateway/console/index.html" in shipped
+    assert shipped <= set(files), sorted(shipped - set(files))
 
 
 def _requirements(metadata: str) -> dict[str, str]:

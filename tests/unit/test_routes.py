@@ -42,7 +42,8 @@ def _request(model: str) -> generative_service_pb2.GenerateContentRequest:
 def test_every_forwarded_method_has_a_route(table: RouteTable) -> None:
     assert {r.full_method.rsplit("/", 1)[1] for r in table} == {
         "GenerateContent", "StreamGenerateContent", "CountTokens", "EmbedContent",
-        "BatchEmbedContents", "BatchGenerateContent", "GetModel", "ListModels", "GetTunedModel", "ListTunedModels",
+        "BatchEmbedContents", "BatchGenerateContent", "GetModel", "ListModels", "GetTunedModel",
+        "ListTunedModels",
         "CreateTunedModel", "UpdateTunedModel", "DeleteTunedModel",
         "GetOperation", "ListOperations", "CancelOperation", "DeleteOperation",
     }  # fmt: skip
