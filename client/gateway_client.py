@@ -50,6 +50,17 @@ def response_text(response: generative_service_pb2.GenerateContentResponse) -> s
     return "".join(part.text for part in response.candidates[0].content.parts)
 
 
+def call_metadata(api_key: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    """What every call carries: the caller's token (`authorization: Bearer`, how the gateway
+    knows its callers) and, in the gateway's pass-through mode, the caller's own API key."""
+    metadata: list[tuple[str, str]] = []
+    if token:
+        metadata.append(("authorization", f"Bearer {token}"))
+    if api_key:
+        metadata.append(("x-goog-api-key", api_key))
+    return tuple(metadata)
+
+
 class GatewayClient:
     """Async client (grpc.aio): one channel, stubs for the generative and model services."""
 
@@ -58,6 +69,7 @@ class GatewayClient:
         target: str = DEFAULT_TARGET,
         *,
         api_key: str | None = None,
+        token: str | None = None,
         root_certificates: bytes | None = None,
         secure: bool = False,
     ) -> None:
@@ -66,7 +78,7 @@ class GatewayClient:
             self.channel = grpc.aio.secure_channel(target, credentials)
         else:
             self.channel = grpc.aio.insecure_channel(target)
-        self._metadata = (("x-goog-api-key", api_key),) if api_key else ()
+        self._metadata = call_metadata(api_key, token)
         self.generative = generative_service_pb2_grpc.GenerativeServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -131,6 +143,7 @@ class SyncGatewayClient:
         target: str = DEFAULT_TARGET,
         *,
         api_key: str | None = None,
+        token: str | None = None,
         root_certificates: bytes | None = None,
         secure: bool = False,
     ) -> None:
@@ -139,7 +152,7 @@ class SyncGatewayClient:
             self.channel = grpc.secure_channel(target, credentials)
         else:
             self.channel = grpc.insecure_channel(target)
-        self._metadata = (("x-goog-api-key", api_key),) if api_key else ()
+        self._metadata = call_metadata(api_key, token)
         self.generative = generative_service_pb2_grpc.GenerativeServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

@@ -4,12 +4,20 @@ A fault list is comma-separated, e.g. "headers_delay:500,503". It can come from 
 `x-emulator-fault` request header, from magic tokens in the prompt (`[[fault:429]]`,
 `[[chunks:5]]`, `[[chunk_delay_ms:100]]`) or from EmulatorSettings.fault. When several sources
 set the same thing, the header wins over the prompt, and the prompt over the settings.
+
+`first:<n>[:<tag>]` in a list makes its faults transient: they hit the first n requests
+that carry that exact list, and later ones get only its non-fault words (`chunks`,
+`chunk_delay_ms`): "503 twice, then an answer" is `[[fault:503,first:2]]`. The count is
+kept per list text in the emulator process; the free `tag` makes a list new (one per test).
+It counts each reading of the list: a generate request reads its prompt's list once (in
+the `fault` setting, the check at start-up is a reading too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,14 +129,51 @@ def parse_fault(spec: str) -> FaultPlan:
     raise FaultSyntaxError(f"unknown emulator fault {spec!r}")
 
 
+# Words that shape an answer rather than break it: kept after a `first:<n>` list is spent.
+_NOT_FAULTS = ("chunks:", "chunk_delay_ms:")
+# How often each `first:<n>` list was read (oldest forgotten past MAX_COUNTED_LISTS).
+MAX_COUNTED_LISTS = 4096
+_READS: OrderedDict[str, int] = OrderedDict()
+
+
+def _first_limit(words: list[str]) -> tuple[int | None, list[str]]:
+    """The n of a `first:<n>[:<tag>]` word, and the other words."""
+    limit = None
+    rest = []
+    for word in words:
+        name, _, arg = word.strip().lower().partition(":")
+        if name != "first":
+            rest.append(word)
+            continue
+        count = arg.partition(":")[0]
+        if not count.isdigit() or int(count) < 1:
+            raise FaultSyntaxError(f"first needs a whole number of requests, got {arg!r}")
+        if limit is None:
+            limit = int(count)
+    return limit, rest
+
+
+def _reads(text: str) -> int:
+    """Count one more reading of a `first:<n>` list; returns how many there were."""
+    key = " ".join(text.lower().split())
+    reads = _READS.pop(key, 0) + 1
+    _READS[key] = reads
+    while len(_READS) > MAX_COUNTED_LISTS:
+        _READS.popitem(last=False)
+    return reads
+
+
 def parse_fault_list(text: str | None) -> FaultPlan:
     """A comma-separated fault list; earlier entries win over later ones."""
     plan = NO_FAULT
     if not text:
         return plan
-    for spec in text.split(","):
-        if spec.strip():
-            plan = plan.then(parse_fault(spec))
+    limit, words = _first_limit([spec for spec in text.split(",") if spec.strip()])
+    plans = [(word, parse_fault(word)) for word in words]  # every word checked, spent or not
+    if limit is not None and _reads(text) > limit:
+        plans = [(word, p) for word, p in plans if word.strip().lower().startswith(_NOT_FAULTS)]
+    for _word, word_plan in plans:
+        plan = plan.then(word_plan)
     return plan
 
 

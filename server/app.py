@@ -44,13 +44,16 @@ from gemini_gateway.server.console import CONSOLE_DIR, info_route, with_console_
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.http_face import HttpFaceHandle, build_http_face, start_http_face
 from gemini_gateway.server.identity import CallerDirectory
+from gemini_gateway.server.limits import LimitsInterceptor
 from gemini_gateway.server.log_event import LogEvent, LogSkip
+from gemini_gateway.server.log_format import RequestIdInterceptor
 from gemini_gateway.server.log_tail import LogBus
 from gemini_gateway.server.metering import UsageMetrics
 from gemini_gateway.server.metrics import MetricsInterceptor, serve_metrics
 from gemini_gateway.server.operations import WAIT_OPERATION, LocalOperations
 from gemini_gateway.server.recorder import Recorder
 from gemini_gateway.server.request_log import LogCapture, LoggingPolicies
+from gemini_gateway.server.retries import make_retrier
 from gemini_gateway.server.routes import RouteTable, load_service_config_rules
 from gemini_gateway.server.services.datasets import DatasetServicer
 from gemini_gateway.server.services.logs import LogServicer
@@ -58,8 +61,15 @@ from gemini_gateway.server.services.runs import RunServicer
 from gemini_gateway.server.services.usage import UsageServicer
 from gemini_gateway.server.store import Store
 from gemini_gateway.server.store.logs import LogWriter
+from gemini_gateway.server.tenancy import CallerInterceptor, Tenancy
+from gemini_gateway.server.tracing import (
+    Tracing,
+    TracingInterceptor,
+    project_resolver,
+    start_tracing,
+)
 from gemini_gateway.server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
-from gemini_gateway.server.validation import VALIDATORS
+from gemini_gateway.server.validation import VALIDATORS, RequestDecodingInterceptor
 
 if TYPE_CHECKING:
     from gemini_gateway.emulator.runner import EmulatorHandle
@@ -117,6 +127,7 @@ class Gateway:
     runs: RunServicer
     _emulator: EmulatorHandle | None = field(default=None)
     console: HttpFaceHandle | None = field(default=None)
+    tracing: Tracing | None = field(default=None)
 
     @property
     def target(self) -> str:
@@ -134,6 +145,8 @@ class Gateway:
         await self.policies.stop()
         await self.store.close()
         await self.upstream.aclose()
+        if self.tracing is not None:
+            await self.tracing.shutdown()  # exports the drained calls' spans
         if self._emulator is not None:
             await self._emulator.close()
 
@@ -166,6 +179,7 @@ async def start_gateway(
     """
     settings = settings or Settings()
     # The quick checks come first: a busy port or a bad file costs no migration or emulator.
+    startup.check_exposure(settings)
     startup.check_console(settings)
     credentials = _server_credentials(settings)
     if settings.workers <= 1:  # workers share a port the supervisor checked (SO_REUSEPORT)
@@ -197,6 +211,9 @@ async def _start(
     """start_gateway's work; each thing opened is pushed on `opened`, closed on failure."""
     routes = build_route_table()  # a bad http rule stops start-up here
     callers = CallerDirectory(settings)
+    tracing = start_tracing(settings)  # None unless tracing_enabled
+    if tracing is not None:
+        opened.push_async_callback(tracing.shutdown)
     prices = startup.load_price_table(settings.price_table_file)
     store = await startup.open_store(settings.store_url)  # created and migrated on first start
     opened.push_async_callback(store.close)
@@ -227,12 +244,29 @@ async def _start(
         make_transport(settings),
         settings.upstream_timeout_s,
         stream_timeout_s=settings.upstream_stream_timeout_s,
+        retrier=make_retrier(settings),
+        tracer=None if tracing is None else tracing.tracer,
     )
     opened.push_async_callback(upstream.aclose)
 
     max_bytes = settings.max_message_mb * 1024 * 1024
+    # Request ids and spans first; then metrics, so they count what the others answer;
+    # callers are checked and limited before any request is decoded.
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
+    if tracing is not None:
+        interceptors.append(
+            TracingInterceptor(
+                tracing.tracer, project_resolver(callers), max_send_message_bytes=max_bytes
+            )
+        )
+    interceptors += [
+        MetricsInterceptor(max_send_message_bytes=max_bytes),
+        CallerInterceptor.from_settings(callers, settings),
+        LimitsInterceptor(settings, callers, routes),
+        RequestDecodingInterceptor(),
+    ]
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -250,6 +284,7 @@ async def _start(
         usage_metrics=UsageMetrics(settings.metrics_label_keys),
         strip_labels=settings.strip_labels,
         log_capture=LogCapture(recorder, policies),
+        tenancy=Tenancy.from_settings(store, callers, settings),
     )
     runs = RunServicer(store, callers, forwarder, prices)
     opened.push_async_callback(runs.stop)
@@ -325,6 +360,7 @@ async def _start(
         runs,
         emulator,
         console,
+        tracing,
     )
 
 
@@ -376,6 +412,7 @@ def banner_text(
         commands = [
             f"{_buf()} curl --protocol grpc --cacert CA.crt{client} --list-methods https://{target}"
         ]
+    lines.extend(startup.security_lines(settings))
     lines.append(f"  try:  {commands[0]}")
     lines.extend(f"        {command}" for command in commands[1:])
     if metrics_port is not None:

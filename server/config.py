@@ -7,10 +7,11 @@ GEMINI_GATEWAY_CONFIG (default ./gateway.toml, when present) > defaults.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,15 +30,34 @@ DEFAULT_STORE_URL = "sqlite+aiosqlite:///" + str(
 
 
 class CallerConfig(BaseModel):
-    """A caller of a project, known by the SHA-256 of its bearer token."""
+    """A caller of a project, known by the SHA-256 of its bearer token, or by the subject of
+    its client certificate (mTLS), or both (docs/security.md)."""
 
     name: str = Field(description="Caller name recorded with its calls (e.g. a service name).")
-    token_sha256: str = Field(
-        description="Hex SHA-256 of the caller's bearer token (`authorization: Bearer ...`)."
+    token_sha256: str | None = Field(
+        None,
+        description="Hex SHA-256 of the caller's bearer token (`authorization: Bearer ...`).",
     )
     default_labels: dict[str, str] = Field(
         default_factory=dict, description="Labels added to this caller's generate calls."
     )
+    tls_subject: str | None = Field(
+        None,
+        description="Subject of the caller's client certificate, as gRPC reports it "
+        "(`CN=api,O=Example`) or as OpenSSL prints it (`/O=Example/CN=api`); needs "
+        "tls_client_ca_file (mutual TLS).",
+    )
+
+    @model_validator(mode="after")
+    def _has_a_credential(self) -> CallerConfig:
+        if not self.token_sha256 and not self.tls_subject:
+            raise ValueError(f"caller {self.name!r} needs token_sha256 or tls_subject")
+        if self.token_sha256 and not re.fullmatch(r"\s*[0-9a-fA-F]{64}\s*", self.token_sha256):
+            raise ValueError(
+                f"caller {self.name!r}: token_sha256 must be 64 hex digits (the SHA-256 of "
+                "the token, not the token itself)"
+            )
+        return self
 
 
 AtLimit = Literal["stop_logging", "evict_oldest"]
@@ -68,6 +88,24 @@ class ProjectConfig(BaseModel):
     callers: list[CallerConfig] = Field(default_factory=list)
     logging: ProjectLoggingConfig = Field(
         default_factory=ProjectLoggingConfig, description="Request-logging defaults."
+    )
+    max_concurrent_calls: int | None = Field(
+        None,
+        ge=0,
+        description="Most forwarded calls of this project in flight at once; unset: the "
+        "gateway-wide max_concurrent_calls, 0: no limit (docs/limits.md).",
+    )
+    requests_per_minute: int | None = Field(
+        None,
+        ge=0,
+        description="Forwarded calls this project may start per minute; unset: the "
+        "gateway-wide requests_per_minute, 0: no limit (docs/limits.md).",
+    )
+    tokens_per_minute: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens (usage totalTokenCount) this project's generate calls may use per "
+        "minute; unset: the gateway-wide tokens_per_minute, 0: no limit (docs/limits.md).",
     )
 
 
@@ -111,6 +149,39 @@ class Settings(BaseSettings):
     )
     connect_timeout_s: float = Field(10.0, description="Upstream connect time limit.")
     max_connections: int = Field(256, description="Pooled upstream connections.")
+    max_concurrent_calls: int = Field(
+        0,
+        ge=0,
+        description="Most forwarded calls of one project in flight at once, for projects "
+        "that do not set their own; 0: no limit beyond the pool share (docs/limits.md).",
+    )
+    requests_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Forwarded calls one project may start per minute, for projects that do "
+        "not set their own; 0: no limit (docs/limits.md).",
+    )
+    tokens_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Tokens one project's generate calls may use per minute (counted from "
+        "the answers' usage after each call), for projects that do not set their own; "
+        "0: no limit (docs/limits.md).",
+    )
+    limit_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a call may wait for a free concurrency slot before it is "
+        "refused with RESOURCE_EXHAUSTED; 0: refused at once (docs/limits.md).",
+    )
+    reserved_pool_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the upstream pool (max_connections) kept in reserve for the "
+        "configured projects, in equal parts, when there are two or more; the rest is shared "
+        "first come, first served (docs/limits.md).",
+    )
     max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent, in MiB.")
     max_upstream_body_mb: float = Field(
         32.0,
@@ -137,6 +208,47 @@ class Settings(BaseSettings):
         "per core. Above 1, a parent process supervises them and serves the metrics.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or json: one JSON object per line with time, level, "
+        "logger, message and the call's request_id (docs/observability.md).",
+    )
+    tracing_enabled: bool = Field(
+        False,
+        description="Trace calls with OpenTelemetry, exported as the standard OTEL_* "
+        "variables say (OTLP by default); OTEL_SDK_DISABLED=true turns it off again "
+        "(docs/observability.md).",
+    )
+    retries_enabled: bool = Field(
+        True,
+        description="Send an upstream request again when it failed before any answer byte "
+        "(HTTP 429, 503, connection refused or broken), by the rule in "
+        "docs/observability.md.",
+    )
+    retry_max_attempts: int = Field(
+        3, ge=1, description="Most upstream attempts per call, the first included."
+    )
+    retry_initial_backoff_s: float = Field(
+        0.1, gt=0, description="Longest wait before the first retry (full jitter: 0 to this)."
+    )
+    retry_max_backoff_s: float = Field(
+        2.0, gt=0, description="Longest wait before any retry; it doubles from the initial one."
+    )
+    retry_max_server_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="Longest RetryInfo / Retry-After delay waited for; when the upstream "
+        "asks for more, the caller gets its error (with the RetryInfo) at once.",
+    )
+    retry_budget_ratio: float = Field(
+        0.2,
+        ge=0,
+        description="Retries allowed, as a share of the calls of the last 10 s (0.2: one "
+        "retry per five calls), on top of retry_budget_min_per_s.",
+    )
+    retry_budget_min_per_s: float = Field(
+        3.0, ge=0, description="Retries allowed per second however few calls there are."
+    )
     metrics_port: int | None = Field(
         None, description="Serve Prometheus metrics at http://host:port/metrics (off if unset)."
     )
@@ -194,6 +306,28 @@ class Settings(BaseSettings):
     metrics_label_keys: list[str] = Field(
         default_factory=list,
         description="Label keys that become Prometheus label dimensions; others never do.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve an address other than loopback with no callers configured "
+        "(development mode, every call anonymous): refused at start-up unless this is set.",
+    )
+    pass_through_fallback_to_gateway_key: bool = Field(
+        False,
+        description="In pass-through mode, send the gateway's api_key for a call that brings "
+        "no x-goog-api-key of its own (else such a call is refused, UNAUTHENTICATED).",
+    )
+    open_reflection: bool = Field(
+        True, description="Serve gRPC server reflection to callers without a token."
+    )
+    open_health: bool = Field(
+        True, description="Serve the gRPC health service to callers without a token."
+    )
+    unowned_resources_project: str | None = Field(
+        None,
+        description="With callers configured, the project that may use tuned models and "
+        "batches of no known project (made before the gateway recorded owners, or outside "
+        "it); unset, no project may (docs/security.md).",
     )
 
     @classmethod

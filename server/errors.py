@@ -33,12 +33,19 @@ Messages name what went wrong in words, never a Python class name.
 
 No secret leaves through an error: an UpstreamError redacts its message and details when it
 is built (redaction.py), and body snippets are redacted before they are cut.
+
+The caller's own faults are INVALID_ARGUMENT, each exception mapped explicitly (there is no
+catch-all for ValueError): the gateway's exceptions for a bad request are listed in
+CALLER_ERRORS (routes.UnroutableRequest for a request that fits no http rule, the filter,
+label and store query errors). Any other exception is a gateway bug: INTERNAL with a fixed
+message, its details in the log (redacted), never in the status.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -120,18 +127,85 @@ class UpstreamError(Exception):
         await context.abort(self.code, self.message, self.trailing_metadata())
 
 
+# Exceptions of the gateway's own modules that mean the caller's request is wrong, by the
+# full name of their class (named, not imported: errors.py sits below the modules that raise
+# them), each with the request field it blames when the exception does not say. They end
+# the call INVALID_ARGUMENT with their text; one with `violations` lists them in a BadRequest.
+CALLER_ERRORS: dict[str, str | None] = {
+    "gemini_gateway.server.routes.UnroutableRequest": None,  # carries its own `field`
+    "gemini_gateway.server.labels.LabelError": "labels",  # carries `violations`
+    "gemini_gateway.server.filters.FilterError": "filter",
+    "gemini_gateway.server.store.logs.LogQueryError": None,
+    "gemini_gateway.server.store.usage.UsageQueryError": None,
+    "gemini_gateway.server.store.datasets.DatasetError": None,  # carries its own `field`
+    "gemini_gateway.server.store.runs.EmptyDataset": "dataset",
+}
+
+# What a caller is told when the gateway itself fails on its request (a bug): no exception
+# text, which could quote anything, and never a Python class name.
+INTERNAL_MESSAGE = "the gateway failed while handling this request; the failure is logged"
+
+
+def caller_error(exc: BaseException, field: str | None = None) -> UpstreamError | None:
+    """The INVALID_ARGUMENT a CALLER_ERRORS exception stands for; None for any other."""
+    for cls in type(exc).__mro__:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if name not in CALLER_ERRORS:
+            continue
+        violations = getattr(exc, "violations", None)
+        if isinstance(violations, list) and violations:
+            return bad_request(violations)
+        own_field = getattr(exc, "field", None)
+        blamed = own_field if isinstance(own_field, str) and own_field else None
+        return invalid_argument(str(exc), field=blamed or CALLER_ERRORS[name] or field)
+    return None
+
+
+def client_status(exc: BaseException, field: str | None = None) -> UpstreamError:
+    """The status a call that failed with `exc` ends with (as aborting_on_error sends it):
+    UpstreamError as it is, a caller error (CALLER_ERRORS) as INVALID_ARGUMENT, anything
+    else as INTERNAL with INTERNAL_MESSAGE. For recorders and meters: logs nothing."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    mapped = caller_error(exc, field)
+    if mapped is not None:
+        return mapped
+    return UpstreamError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def as_upstream_error(exc: Exception, field: str | None = None) -> UpstreamError:
+    """client_status(), logging an unexpected exception with its traceback (redacted),
+    which stays in the gateway's log."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    mapped = caller_error(exc, field)
+    if mapped is not None:
+        return mapped
+    # The traceback goes to the log redacted, like everything else the gateway logs.
+    log.error(
+        "unexpected failure while handling a call:\n%s",
+        redaction.redact("".join(traceback.format_exception(exc)).rstrip()),
+    )
+    return UpstreamError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
 @asynccontextmanager
 async def aborting_on_error(
     context: grpc.aio.ServicerContext, field: str | None = None
 ) -> AsyncIterator[None]:
-    """End the gRPC call with the error's status: UpstreamError as it is, and ValueError
-    (a request that cannot be routed) as INVALID_ARGUMENT, naming `field` when given."""
+    """End the gRPC call with the error's status: UpstreamError as it is; the gateway's own
+    exceptions for a bad request (CALLER_ERRORS, e.g. routes.UnroutableRequest) as
+    INVALID_ARGUMENT naming their field, or `field` when they name none; any other
+    exception, a gateway bug, as INTERNAL with a fixed message (never the exception's
+    class or text; it is logged instead). gRPC's own abort passes through."""
     try:
         yield
+    except grpc.aio.AbortError:
+        raise  # the call was ended already (context.abort)
     except UpstreamError as exc:
         await exc.abort(context)
-    except ValueError as exc:
-        await invalid_argument(str(exc), field=field).abort(context)
+    except Exception as exc:
+        await as_upstream_error(exc, field).abort(context)
 
 
 def code_for_http_status(http_status: int) -> grpc.StatusCode:

@@ -5,7 +5,14 @@ Unary calls send one JSON request and parse one JSON answer. Server-streaming ca
 reaches the caller before the upstream has produced chunk N+1. Requests of methods with a
 validator are checked first; a bad one never reaches the upstream.
 
-Every call is identified first (identity.CallerDirectory). Generate calls (GenerateContent,
+Requests arrive as bytes and are decoded here (validation.decode_message), so that bytes
+that are not the request message are INVALID_ARGUMENT naming the problem, seen by the
+metrics like any other status, and never gRPC's UNKNOWN.
+
+Every call is identified first (identity.CallerDirectory); in pass-through mode it must
+bring its own API key. Its values are checked (validation.check_values, then the method's
+validator), and the tuned models and batches it names must be its project's
+(tenancy.Tenancy), all before anything is sent upstream. Generate calls (GenerateContent,
 StreamGenerateContent, on models and tuned models alike) also get their labels merged with
 the caller's defaults and validated as one set, and are metered: one usage event per call
 (and one log event when the project logs calls), handed to the recorder after the call,
@@ -38,9 +45,11 @@ from gemini_gateway.server.upstream_body import (
     parse_upstream_json,
     too_deep,
 )
+from gemini_gateway.server.validation import check_values, decode_message, decoding_handler
 
 if TYPE_CHECKING:
     from gemini_gateway.server.request_log import LogCapture
+    from gemini_gateway.server.tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,7 @@ class Forwarder:
         usage_metrics: UsageMetrics | None = None,
         strip_labels: bool = False,
         log_capture: LogCapture | None = None,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
@@ -102,6 +112,7 @@ class Forwarder:
         self._usage_metrics = usage_metrics or UsageMetrics(())
         self._strip_labels = strip_labels
         self._log_capture = log_capture
+        self._tenancy = tenancy
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = defaultdict(dict)
@@ -114,39 +125,44 @@ class Forwarder:
         ]
 
     def _handler(self, route: Route) -> grpc.RpcMethodHandler:
+        # No request deserializer: the handler gets the bytes and decodes them itself, so a
+        # bad request is its INVALID_ARGUMENT, not gRPC's UNKNOWN (module docstring).
         # partial keeps forward_stream recognisable as an async generator function to grpc.aio.
-        deserialize: Callable[[bytes], Message] = route.request_class.FromString
+        decode = partial(decode_message, route.request_class)
         serialize = route.response_class.SerializeToString
         if route.server_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                partial(self.forward_stream, route),
-                request_deserializer=deserialize,
+                decoding_handler(partial(self.forward_stream, route), decode),
                 response_serializer=serialize,
             )
         return grpc.unary_unary_rpc_method_handler(
-            partial(self.forward_unary, route),
-            request_deserializer=deserialize,
+            decoding_handler(partial(self.forward_unary, route), decode),
             response_serializer=serialize,
         )
 
     def _check(self, route: Route, request: Message) -> None:
+        violations = check_values(request)
         validator = self._validators.get(route.method.full_name)
         if validator is not None:
-            violations = validator(request)
-            if violations:
-                raise errors.bad_request(violations)
+            violations += validator(request)
+        if violations:
+            raise errors.bad_request(violations)
 
-    def _prepare(
+    async def _prepare(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
-    ) -> tuple[HttpCall, CallMeter | None]:
-        """Identify, validate and transcode; a generate call also gets its labels and meter.
+    ) -> tuple[HttpCall, CallMeter | None, Identity]:
+        """Identify, validate, authorize and transcode; a generate call also gets its labels
+        and meter.
 
         Raises before anything is sent upstream or metered: a bad call costs nothing.
         """
-        identity = self.callers.identify(context.invocation_metadata() or ())
+        identity = self.callers.identify_call(context)
+        self.callers.check_upstream_key(context.invocation_metadata() or ())
         self._check(route, request)
+        if self._tenancy is not None:
+            await self._tenancy.authorize(identity, route, request)
         if route.method.input_type.full_name not in GENERATE_REQUESTS:
-            return route.to_http(request), None
+            return route.to_http(request), None, identity
         labels = self._merge_labels(request, identity)
         call = route.to_http(request)
         if self._strip_labels and call.body is not None:
@@ -163,7 +179,7 @@ class Forwarder:
             route.method.name,
             route.server_streaming,
         )
-        return call, meter
+        return call, meter, identity
 
     @staticmethod
     def _merge_labels(request: Message, identity: Identity) -> LabelSet:
@@ -180,9 +196,22 @@ class Forwarder:
     async def call(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
-        """Forward one unary call; raises UpstreamError (ValueError for unroutable requests)."""
-        call, meter = self._prepare(route, request, context)
-        return await self._send(route, call, context, meter)
+        """Forward one unary call; raises UpstreamError (routes.UnroutableRequest for a
+        request that fits no binding)."""
+        call, meter, identity = await self._prepare(route, request, context)
+        if self._tenancy is not None and self._tenancy.lists(route, request):
+            fetch = partial(self._fetch, route, context)
+            return await self._tenancy.list_visible(identity, route, request, fetch)
+        response = await self._send(route, call, context, meter)
+        if self._tenancy is not None:
+            await self._tenancy.created(identity, route, response)
+        return response
+
+    async def _fetch(
+        self, route: Route, context: grpc.aio.ServicerContext, request: Message
+    ) -> Message:
+        """One more upstream call of `route` within the same gRPC call (a list's pages)."""
+        return await self._send(route, route.to_http(request), context, None)
 
     async def _send(
         self,
@@ -217,7 +246,7 @@ class Forwarder:
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Message]:
         async with errors.aborting_on_error(context):
-            call, meter = self._prepare(route, request, context)
+            call, meter, _identity = await self._prepare(route, request, context)
             error: BaseException | None = None
             try:
                 async with self.upstream.stream_events(

@@ -51,9 +51,7 @@ def status_name(error: BaseException | None) -> str:
         return error.code.name
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return "CANCELLED"
-    if isinstance(error, ValueError):
-        return "INVALID_ARGUMENT"  # an unroutable request (errors.aborting_on_error)
-    return "UNKNOWN"
+    return errors.client_status(error).code.name  # as errors.aborting_on_error answers it
 
 
 class UsageMetrics:

@@ -5,6 +5,19 @@ calls in flight and streamed messages. Exposed over HTTP when `metrics_port` is 
 Labels are bounded (method names and status codes): nothing from the request, and never
 a credential, becomes a label.
 
+The status counted is the one the client saw, as far as the server can know it: the code
+the handler ended the call with; RESOURCE_EXHAUSTED when the call failed because an answer
+was larger than the server may send (gRPC's own check, made after the handler returned or
+yielded it, which the handler never hears of); CANCELLED when the client went away
+(a stream's generator closed at a `yield`, or its task cancelled). What a client's own
+checks refuse (a message over its receive limit) looks to the server like the client
+going away: CANCELLED.
+
+The upstream has metrics of its own, filled by upstream.py and retries.py: each HTTP
+request's latency (`gateway_upstream_request_seconds{method,code}`, one observation per
+attempt, separate from the gateway's call duration), and the retries made, skipped, and
+refused by the retry budget (docs/observability.md lists them all).
+
 With several workers (`--workers N`) each worker writes its metrics to files in
 PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen when the module is
 first imported) and the supervising parent serves their sum; a worker then also counts its
@@ -13,6 +26,7 @@ own calls in `gateway_worker_calls{pid}`, which shows how the kernel spreads con
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -48,6 +62,31 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",  # several workers: the sum over the live ones
 )
 STREAMED = Counter("gateway_grpc_streamed_messages", "Messages sent on server streams.", ["method"])
+UPSTREAM_SECONDS = Histogram(
+    "gateway_upstream_request_seconds",
+    "Upstream HTTP requests (each attempt), from sending until the answer's last byte (for "
+    "streams: the end of the stream), by gRPC method and the upstream's HTTP status "
+    "(`unreachable` or `timeout` when no answer came).",
+    ["method", "code"],
+    buckets=_BUCKETS,
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries",
+    "Upstream requests sent again, by reason: resource_exhausted (HTTP 429), unavailable "
+    "(HTTP 503), connect_failed, connection_broken.",
+    ["reason"],
+)
+RETRY_BUDGET_EXHAUSTED = Counter(
+    "gateway_upstream_retry_budget_exhausted",
+    "Retryable upstream failures not retried because the retry budget was spent.",
+)
+RETRIES_SKIPPED = Counter(
+    "gateway_upstream_retries_skipped",
+    "Retryable upstream failures not retried, by why: deadline (the wait and another "
+    "attempt would not fit in the call's time), server_delay (the upstream asked to wait "
+    "longer than retry_max_server_delay_s).",
+    ["why"],
+)
 # Only in a worker of several: the supervisor's /metrics sums counters over the workers, so a
 # per-worker count is a gauge kept per pid ("liveall": a dead worker's series goes with it).
 WORKER_CALLS = (
@@ -61,20 +100,39 @@ WORKER_CALLS = (
 )
 
 
-def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+def call_status(
+    context: grpc.aio.ServicerContext, error: BaseException | None, oversize: bool = False
+) -> str:
+    """The status code name the client saw, as far as the server can know it.
+
+    `oversize`: the last answer the handler gave was over the server's send limit, so gRPC
+    ended the call with RESOURCE_EXHAUSTED ("Sent message larger than max") after the
+    handler had finished with it: a unary call looks successful to the handler, a stream's
+    generator is closed at its `yield` (GeneratorExit).
+    """
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
+    if oversize and (error is None or isinstance(error, GeneratorExit | asyncio.CancelledError)):
+        return "RESOURCE_EXHAUSTED"
     if error is None:
         return "OK"
-    if isinstance(error, BaseException) and error.__class__.__name__ == "CancelledError":
+    # The client went away: its task was cancelled, or the stream was closed at a `yield`
+    # because gRPC stopped taking its messages.
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return "CANCELLED"
     return "UNKNOWN"
 
 
-def _finish(method: str, started: float, context: Any, error: BaseException | None) -> None:
+def _finish(
+    method: str,
+    started: float,
+    context: Any,
+    error: BaseException | None,
+    oversize: bool = False,
+) -> None:
     elapsed = time.perf_counter() - started
-    code = _code(context, error)
+    code = call_status(context, error, oversize)
     CALLS.labels(method, code).inc()
     DURATION.labels(method).observe(elapsed)
     IN_FLIGHT.labels(method).dec()
@@ -83,43 +141,67 @@ def _finish(method: str, started: float, context: Any, error: BaseException | No
     log.debug("%s %s %.1f ms", method, code, elapsed * 1000)
 
 
-def _unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def too_large(message: Any, limit: int | None) -> bool:
+    """Whether gRPC refuses to send `message` (its size is over the send limit)."""
+    if limit is None or message is None:
+        return False
+    size = getattr(message, "ByteSize", None)
+    return size is not None and size() > limit
+
+
+def _unary(
+    method: str, behaviour: Callable[..., Awaitable[Any]], limit: int | None = None
+) -> Callable[..., Awaitable[Any]]:
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         IN_FLIGHT.labels(method).inc()
         started = time.perf_counter()
         error: BaseException | None = None
+        response = None
         try:
-            return await behaviour(request, context)
+            response = await behaviour(request, context)
+            return response
         except BaseException as exc:
             error = exc
             raise
         finally:
-            _finish(method, started, context, error)
+            _finish(method, started, context, error, too_large(response, limit))
 
     return observed
 
 
-def _stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+def _stream(
+    method: str, behaviour: Callable[..., AsyncIterator[Any]], limit: int | None = None
+) -> Callable[..., Any]:
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         IN_FLIGHT.labels(method).inc()
         started = time.perf_counter()
         error: BaseException | None = None
         streamed = STREAMED.labels(method)
+        message = None
         try:
             async for message in behaviour(request, context):
                 streamed.inc()
                 yield message
+            message = None  # every message was taken: none was refused
         except BaseException as exc:
             error = exc
             raise
         finally:
-            _finish(method, started, context, error)
+            _finish(method, started, context, error, too_large(message, limit))
 
     return observed
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary and unary-stream handlers (all this gateway serves) with metrics."""
+    """Wraps unary-unary and unary-stream handlers (all this gateway serves) with metrics.
+
+    `max_send_message_bytes`: the server's `grpc.max_send_message_length`, so that a call
+    gRPC ended because an answer was over it is counted RESOURCE_EXHAUSTED, as its client
+    saw it (see call_status); unset, such a call counts as OK (unary) or CANCELLED (stream).
+    """
+
+    def __init__(self, max_send_message_bytes: int | None = None) -> None:
+        self._limit = max_send_message_bytes
 
     async def intercept_service(
         self,
@@ -134,12 +216,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_unary(method, handler.unary_unary))
+            return handler._replace(unary_unary=_unary(method, handler.unary_unary, self._limit))
         if handler.unary_stream is not None:
             behaviour = handler.unary_stream
             # Async generators yield their messages; coroutines write them (Health.Watch).
             if inspect.isasyncgenfunction(behaviour):
-                return handler._replace(unary_stream=_stream(method, behaviour))
+                return handler._replace(unary_stream=_stream(method, behaviour, self._limit))
             return handler._replace(unary_stream=_unary(method, behaviour))
         return handler  # client streaming (reflection): counted by nothing here
 

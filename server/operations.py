@@ -9,7 +9,12 @@
 
 Operations of the gateway's own (dataset re-runs, named `projects/...`) are read from the
 `local_operations` hook instead of upstream; it sees the caller's identity, so a caller
-reaches only its own project's operations.
+reaches only its own project's operations. Upstream ones go through the forwarder, whose
+tenancy check keeps each project to its own tuned models' and batches' operations.
+
+The handlers decode their requests themselves (validation.decode_request): bad bytes and
+out-of-range values (a `timeout` beyond a Duration's range) are INVALID_ARGUMENT naming the
+field; so is a negative `timeout` or `poll_interval`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
@@ -25,6 +32,7 @@ from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_p
 from gemini_gateway.server import errors
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.identity import Identity
+from gemini_gateway.server.validation import decode_request, decoding_handler
 
 LocalOperation = Callable[[str, Identity], Awaitable[operations_pb2.Operation | None]]
 """Reads an operation the gateway runs itself; None when the name is not one of its own."""
@@ -62,7 +70,7 @@ class LocalOperations:
         if not name:
             raise errors.invalid_argument("the operation name is required", field="name")
         if self._local is not None and name.startswith(LOCAL_PREFIX):
-            identity = self._forwarder.callers.identify(context.invocation_metadata() or ())
+            identity = self._forwarder.callers.identify_call(context)
             local = await self._local(name, identity)
             if local is not None:
                 return local
@@ -80,10 +88,13 @@ class LocalOperations:
         self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.Operation:
         wait_until = None
-        if request.HasField("timeout"):
-            wait_until = time.monotonic() + request.timeout.ToTimedelta().total_seconds()
         delay = INITIAL_DELAY_S
         async with errors.aborting_on_error(context, field="name"):
+            if request.HasField("timeout"):
+                seconds = request.timeout.ToTimedelta().total_seconds()
+                if seconds < 0:
+                    raise errors.invalid_argument("must not be negative", field="timeout")
+                wait_until = time.monotonic() + seconds
             while True:
                 operation = await self._get(request.name, context)
                 if operation.done:
@@ -98,10 +109,13 @@ class LocalOperations:
         self, request: watch_pb2.WatchOperationRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[watch_pb2.WatchOperationResponse]:
         interval = DEFAULT_POLL_INTERVAL_S
-        if request.HasField("poll_interval"):
-            interval = max(request.poll_interval.ToTimedelta().total_seconds(), MIN_POLL_INTERVAL_S)
         last_seen = b""
         async with errors.aborting_on_error(context, field="name"):
+            if request.HasField("poll_interval"):
+                seconds = request.poll_interval.ToTimedelta().total_seconds()
+                if seconds < 0:
+                    raise errors.invalid_argument("must not be negative", field="poll_interval")
+                interval = max(seconds, MIN_POLL_INTERVAL_S)
             while True:
                 operation = await self._get(request.name, context)
                 state = operation.SerializeToString(deterministic=True)
@@ -113,19 +127,23 @@ class LocalOperations:
                 await asyncio.sleep(interval)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
-        wait = grpc.unary_unary_rpc_method_handler(
-            self.wait_operation,
-            request_deserializer=operations_pb2.WaitOperationRequest.FromString,
+        # No request deserializers: each handler decodes its own request (module docstring).
+        wait: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+            decoding_handler(
+                self.wait_operation, partial(decode_request, operations_pb2.WaitOperationRequest)
+            ),
             response_serializer=operations_pb2.Operation.SerializeToString,
         )
-        watch = grpc.unary_stream_rpc_method_handler(
-            self.watch_operation,
-            request_deserializer=watch_pb2.WatchOperationRequest.FromString,
+        watch: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(
+            decoding_handler(
+                self.watch_operation, partial(decode_request, watch_pb2.WatchOperationRequest)
+            ),
             response_serializer=watch_pb2.WatchOperationResponse.SerializeToString,
         )
-        get = grpc.unary_unary_rpc_method_handler(
-            self.get_operation,
-            request_deserializer=operations_pb2.GetOperationRequest.FromString,
+        get: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+            decoding_handler(
+                self.get_operation, partial(decode_request, operations_pb2.GetOperationRequest)
+            ),
             response_serializer=operations_pb2.Operation.SerializeToString,
         )
         # Registered before the forwarder's handlers: this GetOperation takes precedence.

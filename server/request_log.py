@@ -222,11 +222,9 @@ def _error_message(error: BaseException | None) -> str:
         return ""
     if isinstance(error, errors.UpstreamError):
         return error.message
-    if isinstance(error, ValueError):
-        return str(error)  # errors.aborting_on_error sends it as INVALID_ARGUMENT
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return ""  # the caller went away: it receives nothing from the gateway
-    return f"Unexpected {type(error)}: {error}"  # as grpc.aio reports an unhandled error
+    return errors.client_status(error).message  # as errors.aborting_on_error answers it
 
 
 class LoggedCallMeter(CallMeter):

@@ -23,6 +23,7 @@ import yaml
 from google.api import annotations_pb2, http_pb2, service_pb2
 from google.api_core import path_template
 from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf import message as protobuf_message
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
@@ -33,6 +34,16 @@ _VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 
 class RouteTableError(ValueError):
     """A google.api.http rule the gateway cannot serve."""
+
+
+class UnroutableRequest(ValueError):
+    """A request that cannot become a REST call: its path fields fit none of the method's
+    bindings, or a value cannot be written as proto3 JSON. The caller's fault, answered
+    INVALID_ARGUMENT (errors.py); `field` names the request field at fault when one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,19 @@ class Route:
     server_streaming: bool = field(default=False)
 
     def to_http(self, request: Message) -> HttpCall:
-        """Pick the first binding whose path variables the request fills and matches."""
+        """Pick the first binding whose path variables the request fills and matches.
+
+        Raises UnroutableRequest when none does, or when the request has a value proto3
+        JSON cannot express (validation.check_values names most such fields first).
+        """
         for binding in self.bindings:
             call = _transcode(binding, request)
             if call is not None:
                 return replace(call, selector=self.method.full_name, request=request)
-        raise ValueError(_no_binding_message(self, request))
+        variables = self.bindings[0].variables
+        raise UnroutableRequest(
+            _no_binding_message(self, request), variables[0] if len(variables) == 1 else None
+        )
 
 
 class RouteTable:
@@ -380,11 +398,23 @@ def _expand(
     return path
 
 
+def _request_json(request: Message) -> dict[str, Any]:
+    """The request as proto3 JSON; UnroutableRequest when a value has no JSON form."""
+    try:
+        return json_format.MessageToDict(request)
+    except (json_format.Error, protobuf_message.Error, ValueError, TypeError) as exc:
+        # An out-of-range Duration or Timestamp, a FieldMask path JSON cannot spell, a NaN in
+        # a Struct, an Any of an unknown type: the text says which field and why.
+        raise UnroutableRequest(f"the request cannot be sent as JSON: {exc}") from None
+    except RecursionError:
+        raise UnroutableRequest("the request is nested too deeply to be sent as JSON") from None
+
+
 def _transcode(binding: HttpBinding, request: Message) -> HttpCall | None:
     path = _expand(binding, request)
     if path is None:
         return None
-    fields = json_format.MessageToDict(request)
+    fields = _request_json(request)
     for json_path in binding.json_paths:
         _pop_path(fields, json_path)
     if binding.body == "*":

@@ -9,6 +9,7 @@ original exception stays attached as `__cause__` for `gemini-gateway --debug`).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import re
@@ -110,10 +111,12 @@ def _setting_problem(error: Mapping[str, Any], options: Mapping[str, str]) -> st
     kind = error["type"]
     if kind == "literal_error":
         expected = f"use {error['ctx']['expected']}"
+    elif kind == "value_error":  # a validator's own sentence
+        expected = str(error.get("ctx", {}).get("error", "")) or error["msg"]
     else:
         expected = _EXPECTED.get(kind, error["msg"])
-    if kind == "missing":
-        value = ""
+    if kind == "missing" or isinstance(error.get("input"), Mapping):
+        value = ""  # a whole table: its path says which
     elif setting in SECRET_SETTINGS:
         value = " = (hidden)"
     else:
@@ -282,6 +285,104 @@ def read_tls_files(settings: Settings) -> TlsFiles | None:
     if client_ca is not None and root is not None:
         _load_certificates("tls_client_ca_file", client_ca, root)
     return TlsFiles(chain, key_pem, root)
+
+
+# --- who may call -----------------------------------------------------------------------------
+
+ALLOW_UNAUTHENTICATED_HINT = (
+    "configure callers (projects.<name>.callers in gateway.toml, docs/security.md), bind "
+    "loopback (--host 127.0.0.1), or accept anonymous callers from the network with "
+    "--allow-unauthenticated (GEMINI_GATEWAY_ALLOW_UNAUTHENTICATED=true)"
+)
+
+
+def has_callers(settings: Settings) -> bool:
+    """Whether any caller identity is configured (production mode)."""
+    return any(project.callers for project in settings.projects.values())
+
+
+def is_loopback(host: str) -> bool | None:
+    """Whether every address `host` names is a loopback one (a name is resolved); None when
+    the name does not resolve (check_port says so)."""
+    name = _host(host)
+    if name is None:
+        return False  # every address
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return None
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(address).split("%")[0]).is_loopback for address in addresses
+    )
+
+
+def check_exposure(settings: Settings) -> None:
+    """Development mode (no callers: every call is anonymous and uses the gateway's key)
+    serves loopback only, unless allow_unauthenticated says otherwise; callers known by a
+    certificate subject need mutual TLS to present one."""
+    if not has_callers(settings) and not settings.allow_unauthenticated:
+        if is_loopback(settings.host) is False:
+            raise StartupError(
+                f"no callers are configured, so anyone who reaches {settings.host} could call "
+                "the gateway (and spend its API key): refusing to serve a non-loopback "
+                "address without allow_unauthenticated",
+                ALLOW_UNAUTHENTICATED_HINT,
+            )
+    if settings.tls_client_ca_file is None:
+        for name, project in settings.projects.items():
+            for caller in project.callers:
+                if caller.tls_subject:
+                    raise StartupError(
+                        f"projects.{name}: caller {caller.name!r} is known by its client "
+                        "certificate (tls_subject), but the gateway asks for none",
+                        "serve mutual TLS: --tls-cert, --tls-key and --tls-client-ca "
+                        "(tls_client_ca_file), or give the caller a token_sha256",
+                    )
+
+
+def security_lines(settings: Settings) -> list[str]:
+    """What the start-up banner says about who may call."""
+    if has_callers(settings):
+        count = sum(len(project.callers) for project in settings.projects.values())
+        open_services = [
+            name
+            for name, is_open in (
+                ("reflection", settings.open_reflection),
+                ("health", settings.open_health),
+            )
+            if is_open
+        ]
+        lines = [
+            f"  callers: {count} in {len(settings.projects)} project(s); every call needs a "
+            "caller token"
+            + (" or client certificate" if settings.tls_client_ca_file is not None else "")
+            + (f" ({' and '.join(open_services)} open to all)" if open_services else "")
+        ]
+    elif is_loopback(settings.host):
+        lines = [
+            "  development mode: no callers configured, every call is anonymous (project "
+            "`default`); serving loopback only"
+        ]
+    else:
+        lines = [
+            f"  WARNING: development mode on {settings.host} (allow_unauthenticated): no "
+            "callers configured, anyone who reaches this address can call the gateway"
+        ]
+    if settings.pass_through_api_key:
+        lines.append(
+            "  pass-through: each call's own x-goog-api-key goes upstream"
+            + (
+                "; calls without one use the gateway's key"
+                if settings.pass_through_fallback_to_gateway_key
+                else "; calls without one are refused"
+            )
+        )
+    return lines
 
 
 # --- listening ports --------------------------------------------------------------------------

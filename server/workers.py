@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 
 from gemini_gateway.server import startup
 from gemini_gateway.server.config import Settings
+from gemini_gateway.server.log_format import configure_logging
 from gemini_gateway.server.startup import StartupError
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ async def _preflight(settings: Settings) -> tuple[int, str | None]:
             "across processes",
             "use --workers 1 (GEMINI_GATEWAY_WORKERS=1), and run one gateway per port",
         )
+    startup.check_exposure(settings)
+    startup.check_console(settings)
     startup.read_tls_files(settings)
     startup.check_port(settings.host, settings.port)
     port = settings.port or _free_port(settings.host)
@@ -388,9 +391,11 @@ def worker_main(index: int) -> None:
     if not line:
         sys.exit(1)  # the parent went away before it sent the settings
     settings = Settings(**json.loads(line))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        text_format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
+        fields={"worker": index},
     )
     try:
         import uvloop

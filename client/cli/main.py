@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from gemini_gateway.cli.common import (
     GatewayApp,
     KeyOpt,
     TargetOpt,
+    TokenOpt,
     console,
     err_console,
     rpc_error_exit,
@@ -71,10 +71,12 @@ SERVE_OPTIONS = {
     "tls_key_file": "--tls-key",
     "tls_client_ca_file": "--tls-client-ca",
     "log_level": "--log-level",
+    "log_format": "--log-format",
     "metrics_port": "--metrics-port",
     "console_port": "--console-port",
     "upstream_url": "--upstream",
     "workers": "--workers",
+    "allow_unauthenticated": "--allow-unauthenticated",
 }
 
 
@@ -113,6 +115,9 @@ def serve(
         Path | None, typer.Option(help="CA bundle: require client certs.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text, or json: one object per line with a request id.")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port.")] = None,
     console_port: Annotated[
         int | None,
@@ -123,6 +128,13 @@ def serve(
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes sharing the port (0: one per core).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Serve a non-loopback --host with no callers configured (anyone may call).",
+        ),
     ] = None,
 ) -> None:
     """Start the gateway (default: embedded emulator upstream, no key needed)."""
@@ -140,9 +152,11 @@ def serve(
         "tls_key_file": tls_key,
         "tls_client_ca_file": tls_client_ca,
         "log_level": log_level,
+        "log_format": log_format,
         "metrics_port": metrics_port,
         "console_port": console_port,
         "workers": workers,
+        "allow_unauthenticated": allow_unauthenticated,
     }
     if sum([upstream is not None, emulator, vertex]) > 1:
         raise usage_error("choose one of --upstream, --emulator, --vertex")
@@ -153,9 +167,9 @@ def serve(
     elif upstream is not None:
         overrides.update(upstream="gemini", upstream_url=upstream)
     settings = load_settings(overrides, SERVE_OPTIONS)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from gemini_gateway.server.log_format import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     count = resolve_workers(settings.workers)
     _run_loop(supervise(settings, count) if count > 1 else serve_gateway(settings))
 
@@ -228,12 +242,13 @@ def generate(
     model: ModelOpt = DEFAULT_MODEL,
     label: LabelOpt = None,
     api_key: KeyOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Call GenerateContent on a running gateway and print the answer."""
     request = text_request(model, _prompt(prompt), _labels(label))
 
     async def main() -> None:
-        async with GatewayClient(target, api_key=api_key) as client:
+        async with GatewayClient(target, api_key=api_key, token=token) as client:
             response = await client.generate(request)
             console.print(response_text(response))
             usage = response.usage_metadata
@@ -252,13 +267,14 @@ def stream(
     model: ModelOpt = DEFAULT_MODEL,
     label: LabelOpt = None,
     api_key: KeyOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Call StreamGenerateContent and print each chunk as it arrives."""
     request = text_request(model, _prompt(prompt), _labels(label))
 
     async def main() -> None:
         start = time.perf_counter()
-        async with GatewayClient(target, api_key=api_key) as client:
+        async with GatewayClient(target, api_key=api_key, token=token) as client:
             count = 0
             async for chunk in client.stream(request):
                 count += 1

@@ -16,6 +16,7 @@ as a process; then:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ import yaml
 
 from gemini_gateway.client import GatewayClient, UsageClient, response_text, text_request
 from gemini_gateway.emulator import EmulatorHandle, EmulatorSettings, start_emulator
+from gemini_gateway.server.identity import token_sha256
 from tests.deploy import MANIFESTS, checker, dockerfile
 from tests.postgres import PostgresAdmin, require
 
@@ -73,6 +75,9 @@ async def _healthcheck(env: dict[str, str]) -> int:
     return await asyncio.wait_for(process.wait(), 30)
 
 
+POD_TOKEN = "pod-test-token"
+
+
 async def test_pod_environment_serves_probes_records_and_drains(
     postgres: PostgresAdmin, emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
@@ -83,7 +88,12 @@ async def test_pod_environment_serves_probes_records_and_drains(
     port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "GOOGLE_"))}
     env.update(pod)
+    # The Secret's callers, with a digest of a token this test knows instead of the placeholder.
+    projects = json.loads(pod["GEMINI_GATEWAY_PROJECTS"])
+    ((project, config),) = projects.items()
+    config["callers"][0]["token_sha256"] = token_sha256(POD_TOKEN)
     env.update(
+        GEMINI_GATEWAY_PROJECTS=json.dumps(projects),
         GEMINI_GATEWAY_HOST="127.0.0.1",
         GEMINI_GATEWAY_PORT=str(port),
         GEMINI_GATEWAY_METRICS_PORT=str(metrics_port),
@@ -91,6 +101,7 @@ async def test_pod_environment_serves_probes_records_and_drains(
         GEMINI_GATEWAY_UPSTREAM_URL=emulator.url,
         GEMINI_GATEWAY_CONFIG=str(tmp_path / "absent.toml"),
     )
+    assert project
     entrypoint = Path(sys.executable).with_name("gemini-gateway")
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
@@ -115,10 +126,10 @@ async def test_pod_environment_serves_probes_records_and_drains(
             assert got.status == 200
             assert "gateway_grpc_calls_total" in await got.text()
 
-        async with GatewayClient(target) as client:
+        async with GatewayClient(target, token=POD_TOKEN) as client:
             answer = await client.generate(text_request("gemini-2.5-flash", "Hello"), timeout=10)
         assert response_text(answer).startswith("Echo: Hello")
-        async with UsageClient(target) as usage:
+        async with UsageClient(target, token=POD_TOKEN) as usage:
             for _ in range(100):
                 if (await usage.query()).totals.request_count == 1:
                     break

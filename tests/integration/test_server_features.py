@@ -73,9 +73,12 @@ async def test_pass_through_uses_the_callers_key() -> None:
                 await stub.GenerateContent(request, metadata=(("x-goog-api-key", "nope"),))
             assert wrong.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "caller-secret" not in wrong.value.details()
+            # No key of its own: refused by the gateway, which never falls back silently to
+            # a key of its own (pass_through_fallback_to_gateway_key) nor asks upstream.
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 await stub.GenerateContent(request)
-            assert missing.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert missing.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "x-goog-api-key" in (missing.value.details() or "")
     finally:
         await gw.stop(0)
         await emulator.close()

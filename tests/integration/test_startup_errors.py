@@ -276,8 +276,8 @@ def test_bad_nested_value_in_the_config_file(tmp_path: Path) -> None:
         run(tmp_path, "serve", "--port", "0", GEMINI_GATEWAY_CONFIG=str(config)), status=2
     )
     assert line == (
-        f"error: bad setting projects.search.callers[0].token_sha256 (from {config}): "
-        "required, and missing"
+        f"error: bad setting projects.search.callers[0] (from {config}): "
+        "caller 'frontend' needs token_sha256 or tls_subject"
     )
 
 

@@ -40,7 +40,9 @@ LOG_TABLES = {
     "dataset_runs",
     "run_results",
 }
-HEAD = "0003_request_logs"
+# Who created each tuned model and batch (revision 0004).
+TENANCY_TABLES = {"resource_owners"}
+HEAD = "0004_tuned_model_owners"
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +64,7 @@ async def test_open_creates_migrates_and_has_no_drift(fresh_url: FreshUrl) -> No
         async with store.connect() as conn:
             tables = set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
-        assert USAGE_TABLES | LOG_TABLES <= tables
+        assert USAGE_TABLES | LOG_TABLES | TENANCY_TABLES <= tables
         assert version == [(HEAD,)]
         await check_schema(store.engine)
         if store.dialect == "sqlite":
@@ -143,7 +145,7 @@ def test_unsupported_urls_are_refused() -> None:
 
 
 def test_every_table_has_a_migration() -> None:
-    assert set(Base.metadata.tables) == USAGE_TABLES | LOG_TABLES
+    assert set(Base.metadata.tables) == USAGE_TABLES | LOG_TABLES | TENANCY_TABLES
 
 
 async def test_the_by_label_rollups_start_from_the_history(fresh_url: FreshUrl) -> None:
