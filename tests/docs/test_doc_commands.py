@@ -100,6 +100,7 @@ BENCHMARKS_SKIPPED = {
     "make bench": "about two minutes",
     ".venv/bin/python -m bench --quick": "30-40 s",
     ".venv/bin/python -m bench --recording": "about a minute",
+    ".venv/bin/python -m bench --logging": "about a minute and a half",
     ".venv/bin/python -m bench --markdown": "about two minutes",
 }
 
