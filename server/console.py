@@ -16,17 +16,12 @@ from aiohttp import web
 
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.identity import DEFAULT_PROJECT, CallerDirectory
-from gemini_gateway.server.startup import StartupError, check_port
+from gemini_gateway.server.startup import StartupError, check_port, is_loopback
 
 log = logging.getLogger(__name__)
 
 # server/ and console/ sit side by side, in the repository and in the installed package.
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def info_route(settings: Settings, callers: CallerDirectory) -> web.RouteDef:

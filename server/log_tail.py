@@ -32,7 +32,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gemini_gateway.server.store.engine import Store
+from gemini_gateway.server.store.engine import Store, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class LogBus:
                     log.warning(
                         "log tail: cannot listen for other replicas' logs (%s); retrying, and "
                         "until then tails here see only this replica's logs",
-                        _describe(exc),
+                        describe_error(exc),
                     )
                     outage_logged = True
                 await asyncio.sleep(delay)
@@ -363,7 +363,7 @@ class LogBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                return f"no answer to a check: {_describe(exc)}"
+                return f"no answer to a check: {describe_error(exc)}"
         return "closed"
 
     def _on_notification(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
@@ -389,8 +389,3 @@ async def _close(connection: asyncpg.Connection) -> None:
     except BaseException:
         connection.terminate()
         raise
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

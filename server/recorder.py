@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gemini_gateway.server.store.engine import Store
+from gemini_gateway.server.store.engine import Store, describe_error
 from gemini_gateway.server.store.usage import write_usage_batch
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,6 @@ BatchWriter = Callable[[AsyncConnection, Sequence[Any]], Awaitable["Callable[[],
 It may return a callable, run once the transaction has committed (e.g. to tell followers of
 the logs that new ones are readable); an exception there is logged, never retried.
 """
-
-
-def _describe(exc: BaseException) -> str:
-    # The driver's own message: SQLAlchemy's wrapper would add the statement and its parameters.
-    orig = getattr(exc, "orig", None) or exc
-    text = f"{type(orig).__name__}: {orig}".splitlines()[0]
-    return text[:300]
 
 
 class _DropLog:
@@ -331,7 +324,7 @@ class Recorder:
                     after_commit = await writer(conn, events)
             except Exception as exc:
                 ok = False
-                self._drops.add("store_error", len(events), _describe(exc))
+                self._drops.add("store_error", len(events), describe_error(exc))
             else:
                 WRITTEN.labels(event_type.__name__).inc(len(events))
                 if after_commit is not None:

@@ -34,7 +34,7 @@ from gemini_gateway.server.log_event import LogEvent, LoggingPolicy, LogSkip, ne
 from gemini_gateway.server.metering import CallMeter, UsageMetrics
 from gemini_gateway.server.recorder import Recorder, UsageEvent
 from gemini_gateway.server.store import logs as log_store
-from gemini_gateway.server.store.engine import Store
+from gemini_gateway.server.store.engine import Store, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class LoggingPolicies:
                 log.warning(
                     "logging settings could not be read from the store (%s); "
                     "keeping the last known ones",
-                    _describe(exc),
+                    describe_error(exc),
                 )
         else:
             if self._refresh_failing:
@@ -154,7 +154,7 @@ class LoggingPolicies:
             try:
                 purged = await log_store.purge_expired(self._store, self.policy_for)
             except Exception as exc:
-                log.warning("purge of expired request logs failed: %s", _describe(exc))
+                log.warning("purge of expired request logs failed: %s", describe_error(exc))
             else:
                 if purged:
                     log.info("purged %d expired request logs", purged)
@@ -171,12 +171,6 @@ def _over(base: LoggingPolicy, config: ProjectLoggingConfig) -> LoggingPolicy:
         ),
         at_limit=base.at_limit if config.at_limit is None else config.at_limit,
     )
-
-
-def _describe(exc: BaseException) -> str:
-    # The driver's message, not SQLAlchemy's wrapper with the statement and parameters.
-    orig = getattr(exc, "orig", None) or exc
-    return f"{type(orig).__name__}: {orig}".splitlines()[0][:300]
 
 
 def _unlogged_mime(mime_type: str) -> bool:

@@ -188,3 +188,11 @@ async def open_store(
         raise
     log.info("store open: %s", engine.url.render_as_string(hide_password=True))
     return Store(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a log about a failed store operation: the driver's own message (not
+    SQLAlchemy's wrapper, which adds the statement and its parameters), at most 300 characters."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).splitlines()[0] if str(orig) else ""
+    return f"{type(orig).__name__}: {text}"[:300] if text else type(orig).__name__
