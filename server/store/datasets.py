@@ -12,9 +12,6 @@ simply not found. Bad input raises `DatasetError` (naming the field), a missing 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import secrets
 import string
@@ -30,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gemini_gateway.server.store.engine import Store
 from gemini_gateway.server.store.log_tables import DatasetLog, DatasetRow, RequestLog
 from gemini_gateway.server.store.logs import LogRecord, get_logs, log_ids_select
+from gemini_gateway.server.store.page_tokens import decode_page_token, encode_page_token
 
 DATASET_ID_PATTERN = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 MAX_DATASET_ID = 63
@@ -224,18 +222,20 @@ async def get_dataset(store: Store, project: str, dataset_id: str) -> DatasetRec
 
 
 def _encode_token(project: str, last: DatasetRecord) -> str:
-    data = {"p": project, "t": last.create_time.isoformat(), "i": last.dataset_id}
-    raw = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_page_token(
+        {"p": project, "t": last.create_time.isoformat(), "i": last.dataset_id}
+    )
 
 
 def _decode_token(project: str, token: str) -> tuple[datetime, str]:
     invalid = DatasetError("page_token is not a token this service issued", "page_token")
+    data = decode_page_token(token)
+    if data is None:
+        raise invalid
     try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         owner, time_text, dataset_id = data["p"], data["t"], data["i"]
         create_time = datetime.fromisoformat(time_text)
-    except (binascii.Error, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         raise invalid from None
     if owner != project or not isinstance(dataset_id, str) or create_time.tzinfo is None:
         raise invalid

@@ -25,8 +25,6 @@ rebuild it afterwards: `INSERT INTO request_logs_fts (request_logs_fts) VALUES (
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import itertools
@@ -71,6 +69,7 @@ from gemini_gateway.server.log_event import (
 from gemini_gateway.server.recorder import DROPPED
 from gemini_gateway.server.store.engine import Store
 from gemini_gateway.server.store.log_tables import DatasetLog, LoggingSettingsRow, RequestLog
+from gemini_gateway.server.store.page_tokens import decode_page_token, encode_page_token
 from gemini_gateway.server.store.usage import STATUS_NAMES
 
 log = logging.getLogger(__name__)
@@ -874,20 +873,17 @@ def _listing_hash(project: str, filter_text: str) -> str:
 
 
 def _encode_token(last_id: str, listing: str) -> str:
-    raw = json.dumps({"after": last_id, "listing": listing}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_page_token({"after": last_id, "listing": listing})
 
 
 def _decode_token(token: str, listing: str) -> str | None:
     """The id the page starts after; None for the first page."""
     if not token:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        after, owner = data["after"], data["listing"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        raise LogQueryError("page_token is not a token ListLogs issued") from None
+    data = decode_page_token(token)
+    if data is None or "after" not in data or "listing" not in data:
+        raise LogQueryError("page_token is not a token ListLogs issued")
+    after, owner = data["after"], data["listing"]
     if not isinstance(after, str) or not is_log_id(after) or not isinstance(owner, str):
         raise LogQueryError("page_token is not a token ListLogs issued")
     if owner != listing:

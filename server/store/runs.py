@@ -16,8 +16,6 @@ not found.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import json
 import os
@@ -41,6 +39,7 @@ from gemini_gateway.server.store.log_tables import (
     RequestLog,
     RunResultRow,
 )
+from gemini_gateway.server.store.page_tokens import decode_page_token, encode_page_token
 
 RunMode = Literal["direct", "batch"]
 RunState = Literal["pending", "running", "succeeded", "failed"]
@@ -615,21 +614,13 @@ async def get_run(
 
 
 def _encode_token(dataset_id: str, run_id: str) -> str:
-    text = json.dumps({"dataset": dataset_id, "after": run_id}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode()
+    return encode_page_token({"dataset": dataset_id, "after": run_id})
 
 
 def _decode_token(dataset_id: str, token: str) -> str:
     """The last run id of the previous page; ValueError for a token not issued for this list."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        data = None
-    if (
-        not isinstance(data, dict)
-        or data.get("dataset") != dataset_id
-        or not isinstance(data.get("after"), str)
-    ):
+    data = decode_page_token(token)
+    if data is None or data.get("dataset") != dataset_id or not isinstance(data.get("after"), str):
         raise ValueError("page_token is not a token of this list")
     return str(data["after"])
 

@@ -14,8 +14,6 @@ The result is exact for any range while a long range reads a few thousand rollup
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import itertools
@@ -55,6 +53,7 @@ from gemini_gateway.server.store.models import (
     UsageLabelValue,
     labels_hash,
 )
+from gemini_gateway.server.store.page_tokens import decode_page_token, encode_page_token
 
 if TYPE_CHECKING:
     from gemini_gateway.server.recorder import UsageEvent
@@ -662,19 +661,16 @@ def _query_hash(parts: Sequence[Any]) -> str:
 
 
 def _encode_token(offset: int, query: str) -> str:
-    raw = json.dumps({"o": offset, "q": query}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_page_token({"o": offset, "q": query})
 
 
 def _decode_token(token: str, query: str) -> int:
     if not token:
         return 0
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        offset, owner = data["o"], data["q"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        raise InvalidPageToken("page_token is not a token this service issued") from None
+    data = decode_page_token(token)
+    if data is None or "o" not in data or "q" not in data:
+        raise InvalidPageToken("page_token is not a token this service issued")
+    offset, owner = data["o"], data["q"]
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise InvalidPageToken("page_token is not a token this service issued")
     if owner != query:
