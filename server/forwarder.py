@@ -31,7 +31,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from gemini_gateway.server import errors
+from gemini_gateway.server import errors, proto_json
 from gemini_gateway.server.any_types import mentions_internal_types, normalize_any_types
 from gemini_gateway.server.identity import CallerDirectory, Identity
 from gemini_gateway.server.labels import LabelError, LabelSet
@@ -78,14 +78,12 @@ def parse_response(route: Route, payload: str | bytes, http_status: int = 200) -
             raise mapped
     if not isinstance(parsed, dict):
         raise not_an_object(what)
-    message = route.response_class()
     try:
-        json_format.ParseDict(parsed, message, ignore_unknown_fields=True)
+        return proto_json.parse(payload, parsed, route.response_class)
     except json_format.ParseError as exc:
         raise does_not_fit(what, route.response_class.DESCRIPTOR.full_name, str(exc)) from None
     except RecursionError:
         raise too_deep(what) from None
-    return message
 
 
 class Forwarder:

@@ -28,6 +28,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
+from gemini_gateway.server import proto_json
+
 _VERBS = ("get", "put", "post", "delete", "patch")
 _VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 
@@ -401,7 +403,7 @@ def _expand(
 def _request_json(request: Message) -> dict[str, Any]:
     """The request as proto3 JSON; UnroutableRequest when a value has no JSON form."""
     try:
-        return json_format.MessageToDict(request)
+        return proto_json.to_dict(request)
     except (json_format.Error, protobuf_message.Error, ValueError, TypeError) as exc:
         # An out-of-range Duration or Timestamp, a FieldMask path JSON cannot spell, a NaN in
         # a Struct, an Any of an unknown type: the text says which field and why.

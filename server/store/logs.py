@@ -37,12 +37,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from gemini_gateway.server import proto_json
 from gemini_gateway.server.filters import (
     And,
     Comparison,
@@ -130,7 +130,7 @@ def _safe_text(text: str) -> str:
 
 def _to_json(message: Message) -> str:
     """proto3 JSON in the REST API's camelCase names, compact, UTF-8 kept as is."""
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(proto_json.to_dict(message), separators=(",", ":"), ensure_ascii=False)
 
 
 def _is_text(part: Any) -> bool:
