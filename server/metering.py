@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter
 
@@ -59,6 +60,7 @@ class UsageMetrics:
 
     def __init__(self, label_keys: Iterable[str]) -> None:
         self.label_keys = tuple(dict.fromkeys(label_keys))
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
         # Prometheus label names allow [a-zA-Z_][a-zA-Z0-9_]*: `label_` + the key, dashes
         # and other characters as `_`.
         dims = tuple("label_" + "".join(c if c.isalnum() else "_" for c in key)
@@ -74,7 +76,7 @@ class UsageMetrics:
 
     def observe(self, event: UsageEvent) -> None:
         values = tuple(event.labels.get(key, "") for key in self.label_keys)
-        self.requests.labels(event.model, event.method, event.status, *values).inc()
+        self._child(self.requests, (event.model, event.method, event.status, *values)).inc()
         for kind, amount in (
             ("prompt", event.prompt_tokens),
             ("candidates", event.candidates_tokens),
@@ -83,7 +85,15 @@ class UsageMetrics:
             ("tool_use", event.tool_use_tokens),
         ):  # fmt: skip
             if amount:
-                self.tokens.labels(event.model, kind, *values).inc(amount)
+                self._child(self.tokens, (event.model, kind, *values)).inc(amount)
+
+    def _child(self, counter: Counter, values: tuple[str, ...]) -> Any:
+        """counter.labels(*values), looked up once (labels() checks and locks every time)."""
+        key = (counter, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*values)
+        return child
 
 
 _COUNTERS: dict[tuple[str, tuple[str, ...]], Counter] = {}

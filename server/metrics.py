@@ -27,6 +27,7 @@ own calls in `gateway_worker_calls{pid}`, which shows how the kernel spreads con
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -124,6 +125,18 @@ def call_status(
     return "UNKNOWN"
 
 
+# A metric's child per label values, looked up once: labels() checks and locks on every call.
+@functools.cache
+def _calls(method: str, code: str) -> Any:
+    return CALLS.labels(method, code)
+
+
+@functools.cache
+def _method_series(method: str) -> tuple[Any, Any, Any]:
+    """The in-flight gauge, the duration histogram and the streamed counter of `method`."""
+    return IN_FLIGHT.labels(method), DURATION.labels(method), STREAMED.labels(method)
+
+
 def _finish(
     method: str,
     started: float,
@@ -133,9 +146,10 @@ def _finish(
 ) -> None:
     elapsed = time.perf_counter() - started
     code = call_status(context, error, oversize)
-    CALLS.labels(method, code).inc()
-    DURATION.labels(method).observe(elapsed)
-    IN_FLIGHT.labels(method).dec()
+    _calls(method, code).inc()
+    in_flight, duration, _ = _method_series(method)
+    duration.observe(elapsed)
+    in_flight.dec()
     if WORKER_CALLS is not None:
         WORKER_CALLS.inc()
     log.debug("%s %s %.1f ms", method, code, elapsed * 1000)
@@ -153,7 +167,7 @@ def _unary(
     method: str, behaviour: Callable[..., Awaitable[Any]], limit: int | None = None
 ) -> Callable[..., Awaitable[Any]]:
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        IN_FLIGHT.labels(method).inc()
+        _method_series(method)[0].inc()
         started = time.perf_counter()
         error: BaseException | None = None
         response = None
@@ -173,10 +187,10 @@ def _stream(
     method: str, behaviour: Callable[..., AsyncIterator[Any]], limit: int | None = None
 ) -> Callable[..., Any]:
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        IN_FLIGHT.labels(method).inc()
+        in_flight, _, streamed = _method_series(method)
+        in_flight.inc()
         started = time.perf_counter()
         error: BaseException | None = None
-        streamed = STREAMED.labels(method)
         message = None
         try:
             async for message in behaviour(request, context):
