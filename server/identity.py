@@ -62,6 +62,14 @@ class Identity:
     default_labels: Mapping[str, str] = field(default_factory=dict)
 
 
+# The token the call being served was identified by, and its caller: the caller interceptor,
+# the limits and the handler all identify the call, and hash its token only once. grpc.aio
+# serves each call in a task of its own, so this never outlives the call.
+_CALL_TOKEN: ContextVar[tuple[object, str, Identity] | None] = ContextVar(
+    "gateway_call_token", default=None
+)
+
+
 def token_sha256(token: str) -> str:
     """What the configuration stores for a caller's token (`callers[].token_sha256`)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -215,6 +223,14 @@ class CallerDirectory:
         return self.identify(context.invocation_metadata() or (), subject)
 
     def _by_token(self, token: str) -> Identity:
+        known = _CALL_TOKEN.get()
+        if known is not None and known[0] is self and hmac.compare_digest(known[1], token):
+            return known[2]
+        identity = self._by_token_digest(token)
+        _CALL_TOKEN.set((self, token, identity))
+        return identity
+
+    def _by_token_digest(self, token: str) -> Identity:
         digest = token_sha256(token)
         # A dict lookup by the digest, then a constant-time confirmation (module docstring).
         found = self._by_hash.get(digest)
