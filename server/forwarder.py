@@ -237,8 +237,10 @@ class Forwarder:
     async def forward_unary(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
-        async with errors.aborting_on_error(context):
+        try:
             return await self.call(route, request, context)
+        except Exception as exc:  # errors.aborting_on_error, without a context manager
+            await errors.abort_for(context, exc)
 
     async def forward_stream(
         self, route: Route, request: Message, context: grpc.aio.ServicerContext

@@ -25,7 +25,7 @@ import math
 from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pool, json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
@@ -65,7 +65,7 @@ class _GiveUp(Exception):
     """The plan is not sure of a value: json_format converts the whole message instead."""
 
 
-def _kind(field: FieldDescriptor) -> int:
+def _kind(field: Any) -> int:  # a FieldDescriptor (its stubs make every link optional)
     cpp = field.cpp_type
     if cpp == FieldDescriptor.CPPTYPE_MESSAGE:
         return _WKT if field.message_type.full_name.startswith("google.protobuf.") else _MESSAGE
@@ -89,7 +89,7 @@ class _Field:
 
     __slots__ = ("enum", "kind", "map_key_string", "map_value", "name", "oneof", "repeated")
 
-    def __init__(self, field: FieldDescriptor) -> None:
+    def __init__(self, field: Any) -> None:
         self.name = field.name
         self.oneof = field.containing_oneof.name if field.containing_oneof else None
         self.map_value: _Field | None = None
@@ -101,13 +101,13 @@ class _Field:
             self.map_value = _Field(value)
         self.repeated = field.is_repeated and self.map_value is None
         self.kind = _kind(field)
-        self.enum = field.enum_type
+        self.enum: Any = field.enum_type
 
 
-_PARSE_PLANS: dict[Descriptor, dict[str, _Field] | None] = {}
+_PARSE_PLANS: dict[Any, dict[str, _Field] | None] = {}
 
 
-def _parse_plan(descriptor: Descriptor) -> dict[str, _Field] | None:
+def _parse_plan(descriptor: Any) -> dict[str, _Field] | None:
     """Fields by JSON name and proto name; None for a message the plans do not cover."""
     try:
         return _PARSE_PLANS[descriptor]
@@ -244,10 +244,10 @@ def _scalar(field: _Field, value: Any) -> Any:
 
 
 # Printing: per field descriptor, its JSON name and how its values are written.
-_PRINT_PLANS: dict[FieldDescriptor, tuple[str, int, bool, Any] | None] = {}
+_PRINT_PLANS: dict[Any, tuple[str, int, bool, Any] | None] = {}
 
 
-def _print_plan(field: FieldDescriptor) -> tuple[str, int, bool, Any] | None:
+def _print_plan(field: Any) -> tuple[str, int, bool, Any] | None:
     try:
         return _PRINT_PLANS[field]
     except KeyError:
