@@ -12,6 +12,11 @@ from aiohttp import web
 from gemini_gateway.emulator.app import create_app
 from gemini_gateway.emulator.settings import EmulatorSettings
 
+# A gateway opens a connection per live stream (HTTP/1.1), thousands at once in a burst;
+# past aiohttp's default backlog (128) the kernel drops their SYNs, each then retried 1 s
+# later. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
 
 @dataclass
 class EmulatorHandle:
@@ -35,7 +40,7 @@ async def start_emulator(
     # the stats' `cancelled` counter observes.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except BaseException:

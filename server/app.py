@@ -151,6 +151,11 @@ class Gateway:
             await self._emulator.close()
 
 
+def shares_port(settings: Settings) -> bool:
+    """Whether this gateway is one of several workers on one port (SO_REUSEPORT)."""
+    return (settings.workers or 1) > 1
+
+
 def target_of(host: str, port: int) -> str:
     """host:port as a client on this machine dials it (a wildcard address becomes loopback)."""
     return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host}:{port}"
@@ -182,7 +187,7 @@ async def start_gateway(
     startup.check_exposure(settings)
     startup.check_console(settings)
     credentials = _server_credentials(settings)
-    if settings.workers <= 1:  # workers share a port the supervisor checked (SO_REUSEPORT)
+    if not shares_port(settings):  # workers share a port the supervisor checked
         startup.check_port(settings.host, settings.port)
         if settings.console_port is not None:
             startup.check_port(
@@ -271,7 +276,13 @@ async def _start(
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             # Off alone, so a taken port fails the bind; on when workers share the port.
-            ("grpc.so_reuseport", int(settings.workers > 1)),
+            ("grpc.so_reuseport", int(shares_port(settings))),
+            # Calls the handler loop has not taken yet: past 1,000 (grpc's default) the core
+            # cancels a random share of them unseen, which cut bursts of 2,000 streams.
+            ("grpc.server.max_pending_requests", 10_000),
+            # No random share below this hard cut: a worker starts ~300 streams/s, so 10,000
+            # is about the 30 s grpc lets a call wait (server_max_unrequested_time_in_server).
+            ("grpc.server.max_pending_requests_hard_limit", 10_000),
         ],
     )
     opened.push_async_callback(server.stop, 0)
@@ -331,7 +342,7 @@ async def _start(
         console_port = settings.console_port or 0
         try:
             console = await start_http_face(
-                console_app, settings.host, console_port, reuse_port=settings.workers > 1
+                console_app, settings.host, console_port, reuse_port=shares_port(settings)
             )
         except OSError as exc:
             raise startup.listen_error(
@@ -396,7 +407,9 @@ def banner_text(
 ) -> str:
     """banner() from its parts (the supervisor of several workers has no Gateway of its own)."""
     lines = [
-        f"Gemini gRPC gateway listening on {target} (upstream: {settings.upstream} {upstream_url})"
+        f"Gemini gRPC gateway listening on {target} (upstream: {settings.upstream} {upstream_url})",
+        f"  upstream pool: {settings.max_connections} connections per process, one call each; "
+        f"a call waits at most {settings.pool_wait_s:g} s for one (max_connections, pool_wait_s)",
     ]
     if settings.tls_cert_file is None:
         cli = _cli_name()

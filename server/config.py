@@ -148,7 +148,20 @@ class Settings(BaseSettings):
         "carries no gRPC deadline; unary calls use upstream_timeout_s (docs/security.md).",
     )
     connect_timeout_s: float = Field(10.0, description="Upstream connect time limit.")
-    max_connections: int = Field(256, description="Pooled upstream connections.")
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Upstream connections per gateway process; each call in flight holds "
+        "one (a stream until its end). A call that finds none free within pool_wait_s is "
+        "refused with RESOURCE_EXHAUSTED (docs/limits.md).",
+    )
+    pool_wait_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long a call may wait for a free upstream connection (never past its "
+        "deadline) before it is refused with RESOURCE_EXHAUSTED; 0: refused at once "
+        "(docs/limits.md).",
+    )
     max_concurrent_calls: int = Field(
         0,
         ge=0,
@@ -201,11 +214,13 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle: require client certificates signed by it (mTLS)."
     )
     shutdown_grace_s: float = Field(5.0, description="Time in-flight calls get on shutdown.")
-    workers: int = Field(
-        1,
+    workers: int | None = Field(
+        None,
         ge=0,
         description="Gateway processes sharing the port (SO_REUSEPORT, Linux); 0 starts one "
-        "per core. Above 1, a parent process supervises them and serves the metrics.",
+        "per core. Unset: one per core in production mode (callers configured, or an address "
+        "other than loopback), 1 in development mode on loopback. Above 1, a parent process "
+        "supervises them and serves the metrics.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(

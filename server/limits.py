@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -424,8 +424,6 @@ def limit_exceeded(project: ProjectLimiter, limit: str, wait_s: float) -> LimitE
     QuotaFailure details."""
     name = project.name
     setting = project.limits.setting(limit)
-    wait_s = min(MAX_RETRY_DELAY_S, max(MIN_RETRY_DELAY_S, wait_s))
-    retry_ms = math.ceil(wait_s * 1000)
     if limit == MAX_CONCURRENT_CALLS:
         value = project.max_calls
         what = f"{value} concurrent upstream calls"
@@ -446,30 +444,42 @@ def limit_exceeded(project: ProjectLimiter, limit: str, wait_s: float) -> LimitE
         )
     else:
         problem = f"project {name!r} is at its limit of {what} (setting {setting})"
-    message = f"{problem}; retry in {_retry_text(retry_ms / 1000)}"
+    violation = error_details_pb2.QuotaFailure.Violation(
+        subject=f"projects/{name}",
+        description=f"per-project limit {limit}: {what} (setting {setting})",
+        quota_id=limit,
+        quota_metric=setting,
+        quota_value=value,
+        quota_dimensions={"project": name},
+    )
+    return quota_refusal(problem, violation, wait_s)
+
+
+E = TypeVar("E", bound=LimitExceeded)
+
+
+def quota_refusal(
+    problem: str,
+    violation: error_details_pb2.QuotaFailure.Violation,
+    wait_s: float,
+    error_class: type[E] = LimitExceeded,  # type: ignore[assignment]
+) -> E:
+    """RESOURCE_EXHAUSTED saying `problem` and when to retry (`wait_s`, kept within
+    MIN/MAX_RETRY_DELAY_S), with RetryInfo and QuotaFailure (`violation`) details."""
+    retry_ms = math.ceil(min(MAX_RETRY_DELAY_S, max(MIN_RETRY_DELAY_S, wait_s)) * 1000)
     retry = error_details_pb2.RetryInfo(
         retry_delay=duration_pb2.Duration(
             seconds=retry_ms // 1000, nanos=(retry_ms % 1000) * 1_000_000
         )
     )
-    quota = error_details_pb2.QuotaFailure(
-        violations=[
-            error_details_pb2.QuotaFailure.Violation(
-                subject=f"projects/{name}",
-                description=f"per-project limit {limit}: {what} (setting {setting})",
-                quota_id=limit,
-                quota_metric=setting,
-                quota_value=value,
-                quota_dimensions={"project": name},
-            )
-        ]
-    )
+    quota = error_details_pb2.QuotaFailure(violations=[violation])
     details = []
     for detail in (retry, quota):
         packed = any_pb2.Any()
         packed.Pack(detail)
         details.append(packed)
-    return LimitExceeded(message, tuple(details), retry_ms)
+    message = f"{problem}; retry in {_retry_text(retry_ms / 1000)}"
+    return error_class(message, tuple(details), retry_ms)
 
 
 def _tokens(message: Any) -> int:

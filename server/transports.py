@@ -11,20 +11,37 @@ refused with RESOURCE_EXHAUSTED as soon as the limit is passed (or at once, when
 Content-Length says so), and its connection is dropped rather than drained, so an
 oversize body is never held in memory. Error bodies are read only as far as a message
 needs (`ERROR_BODY_BYTES`). The two transports are compared in bench/.
+
+The upstream pool (`max_connections` per process) is shared out by `ConnectionSlots`, the
+same for both transports: a call takes a slot before its request is sent and gives it back
+when its response is closed (a unary answer once read, a stream when it ends or its call
+is cancelled), so each call in flight holds one connection. A call that finds every slot
+taken waits at most `pool_wait_s` (never past its own time limit) and is then refused with
+RESOURCE_EXHAUSTED naming the limit, never queued silently inside the HTTP library, whose
+own pool has the same size and so never makes a call wait. `connect_timeout_s` bounds the
+connection itself (DNS, TCP, TLS), not the wait for a slot. HTTP/1.1 carries one call per
+connection; docs/limits.md has the sizing and the HTTP/2 measurements.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import grpc
+from google.rpc import error_details_pb2
+from prometheus_client import Counter, Gauge
 
 from gemini_gateway.server import errors
 from gemini_gateway.server.config import Settings
+from gemini_gateway.server.limits import LimitExceeded, quota_refusal
 
 USER_AGENT = "gemini-grpc-gateway/0.1"
 
@@ -32,6 +49,25 @@ MIB = 1024 * 1024
 # Of a non-2xx body, this much is read: enough for any Google error object and a snippet.
 ERROR_BODY_BYTES = 256 * 1024
 BODY_SIZE_SETTING = "max_upstream_body_mb"
+POOL_SIZE_SETTING = "max_connections"
+POOL_WAIT_SETTING = "pool_wait_s"
+# QuotaFailure's quota_id for the upstream pool (per-project shares use `upstream_pool`).
+POOL_QUOTA_ID = "upstream_connections"
+# How long a connection is expected to be held before any has been given back, and how
+# much each one given back moves the running mean (an exponentially weighted average).
+DEFAULT_HOLD_S = 1.0
+HOLD_MEAN_WEIGHT = 0.2
+
+POOL_EXHAUSTED = Counter(
+    "gateway_upstream_pool_exhausted",
+    "Calls that found all max_connections upstream connections in use until pool_wait_s (or "
+    "their own shorter deadline) ran out, and so were refused without being sent.",
+)
+CONNECTIONS_IN_USE = Gauge(
+    "gateway_upstream_connections_in_use",
+    "Upstream connections held by calls in flight (at most max_connections per process).",
+    multiprocess_mode="livesum",  # several workers: the sum over the live ones
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +91,132 @@ def body_too_large(limit: int) -> errors.UpstreamError:
         f"upstream answer is larger than the {errors.size_text(limit)} limit "
         f"(setting {BODY_SIZE_SETTING})",
     )
+
+
+class PoolExhausted(LimitExceeded):
+    """RESOURCE_EXHAUSTED: every upstream connection was in use for as long as the call
+    could wait. Nothing was sent, and it is not retried (it has no transport cause)."""
+
+
+class PoolTimedOut(errors.UpstreamError):
+    """DEADLINE_EXCEEDED: every upstream connection was in use until the call's own time
+    ran out (it was shorter than `pool_wait_s`). Nothing was sent."""
+
+
+# The refusals of a call that got no connection: nothing was sent upstream.
+POOL_REFUSALS = (PoolExhausted, PoolTimedOut)
+
+
+def pool_exhausted(size: int, waited_s: float, retry_s: float) -> PoolExhausted:
+    """The refusal of a call that found all `size` connections in use for `waited_s`,
+    with RetryInfo (`retry_s`, when one should free) and QuotaFailure details."""
+    what = f"all {size} upstream connections are in use (setting {POOL_SIZE_SETTING})"
+    violation = error_details_pb2.QuotaFailure.Violation(
+        subject="gateway:upstream",
+        description=what,
+        quota_id=POOL_QUOTA_ID,
+        quota_metric=POOL_SIZE_SETTING,
+        quota_value=size,
+    )
+    problem = f"{what}; none was free within {waited_s:.2g} s (setting {POOL_WAIT_SETTING})"
+    return quota_refusal(problem, violation, retry_s, PoolExhausted)
+
+
+class ConnectionSlots:
+    """The upstream pool's connections as calls take them: at most `size` at once.
+
+    `take` is O(1) and allocates nothing while a slot is free; a call that finds none waits,
+    first come first served, for one to be given back, at most `wait_s`. A slot given back
+    goes straight to the first waiter, so a newcomer cannot overtake those waiting.
+    """
+
+    __slots__ = ("_waiters", "in_use", "mean_hold_s", "size", "wait_s")
+
+    def __init__(self, size: int, wait_s: float) -> None:
+        self.size = size
+        self.wait_s = wait_s
+        self.in_use = 0
+        self.mean_hold_s = DEFAULT_HOLD_S
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_nowait(self) -> bool:
+        """Take a slot if one is free and nobody is waiting for one."""
+        if self.in_use < self.size and not self._waiters:
+            self.in_use += 1
+            CONNECTIONS_IN_USE.inc()
+            return True
+        return False
+
+    async def take(self, timeout_s: float) -> float:
+        """Take a slot, waiting for one if need be; what is left of `timeout_s` then.
+
+        PoolExhausted (RESOURCE_EXHAUSTED) when none came within `wait_s`; PoolTimedOut
+        (DEADLINE_EXCEEDED) when `timeout_s`, the call's own time, ran out first.
+        """
+        if self.take_nowait():
+            return timeout_s
+        started = time.monotonic()
+        out_of_time = timeout_s < self.wait_s
+        if await self._wait(min(timeout_s, self.wait_s)):
+            left_s = timeout_s - (time.monotonic() - started)
+            if left_s > 0:
+                return left_s
+            self._pass_on()  # it came too late to be of use
+            out_of_time = True
+        if out_of_time:
+            raise PoolTimedOut(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"upstream did not answer within {timeout_s:.3g}s: all {self.size} upstream "
+                f"connections were in use (setting {POOL_SIZE_SETTING})",
+            )
+        raise pool_exhausted(self.size, time.monotonic() - started, self.retry_s())
+
+    async def _wait(self, wait_s: float) -> bool:
+        """Wait at most `wait_s` for a slot to be handed over; whether one was."""
+        if wait_s > 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(wait_s):
+                    await waiter
+                return True
+            except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    return True  # handed a slot as time ran out
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on()  # handed one, but the call went away
+                raise
+            finally:
+                with suppress(ValueError):
+                    self._waiters.remove(waiter)
+        POOL_EXHAUSTED.inc()
+        return False
+
+    def give_back(self, taken_at: float) -> None:
+        """Return the slot taken at `taken_at` (time.monotonic()): to the first waiter, or
+        to the pool."""
+        self.mean_hold_s += HOLD_MEAN_WEIGHT * (time.monotonic() - taken_at - self.mean_hold_s)
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; in_use stays
+                return
+        self.in_use -= 1
+        CONNECTIONS_IN_USE.dec()
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot."""
+        return len(self._waiters)
+
+    def retry_s(self) -> float:
+        """When a slot should free, best estimate: the mean hold over the slots in use."""
+        return self.mean_hold_s / max(self.in_use, 1)
 
 
 class UpstreamResponse(Protocol):
@@ -163,10 +325,34 @@ async def _read_capped(response: UpstreamResponse, headers: Any, limit: int) -> 
     return body
 
 
-class _AiohttpResponse:
+class _SlotHolder:
+    """A response holding a connection slot until it is closed (once, however often)."""
+
+    __slots__ = ("_slots", "_taken_at")
+
+    def __init__(self, slots: ConnectionSlots, taken_at: float) -> None:
+        self._slots: ConnectionSlots | None = slots
+        self._taken_at = taken_at
+
+    def _give_back(self) -> None:
+        slots = self._slots
+        if slots is not None:
+            self._slots = None
+            slots.give_back(self._taken_at)
+
+
+class _AiohttpResponse(_SlotHolder):
+    __slots__ = ("_max_body_bytes", "_response", "_timeout_s", "content_type", "status")
+
     def __init__(
-        self, response: aiohttp.ClientResponse, timeout_s: float, max_body_bytes: int
+        self,
+        response: aiohttp.ClientResponse,
+        timeout_s: float,
+        max_body_bytes: int,
+        slots: ConnectionSlots,
+        taken_at: float,
     ) -> None:
+        super().__init__(slots, taken_at)
         self._response = response
         self._timeout_s = timeout_s
         self._max_body_bytes = max_body_bytes
@@ -195,11 +381,13 @@ class _AiohttpResponse:
 
     async def close(self) -> None:
         self._response.close()  # drops the connection unless the body was fully read
+        self._give_back()
 
 
 class AiohttpTransport:
     def __init__(self, settings: Settings) -> None:
         self.limits = BodyLimits.from_settings(settings)
+        self.slots = ConnectionSlots(settings.max_connections, settings.pool_wait_s)
         self._connect_timeout_s = settings.connect_timeout_s
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300),
@@ -217,9 +405,14 @@ class AiohttpTransport:
         headers: dict[str, str],
         timeout_s: float,
     ) -> UpstreamResponse:
-        timeout = aiohttp.ClientTimeout(
-            total=timeout_s, connect=min(timeout_s, self._connect_timeout_s)
-        )
+        slots = self.slots
+        # No coroutine made while a slot is free: this is every call's path.
+        left_s = timeout_s if slots.take_nowait() else await slots.take(timeout_s)
+        taken_at = time.monotonic()
+        # The slot wait is over, so `connect` (pool, DNS, TCP, TLS) and `sock_connect` (TCP,
+        # TLS) both bound only the connection itself.
+        connect_s = min(left_s, self._connect_timeout_s)
+        timeout = aiohttp.ClientTimeout(total=left_s, connect=connect_s, sock_connect=connect_s)
         try:
             response = await self._session.request(
                 verb.upper(),
@@ -229,18 +422,31 @@ class AiohttpTransport:
                 headers=headers,
                 timeout=timeout,
             )
-        except TimeoutError as exc:
-            raise timed_out(timeout_s) from exc
-        except aiohttp.ClientError as exc:
-            raise _unreachable(url, exc) from exc
-        return _AiohttpResponse(response, timeout_s, self.limits.max_body_bytes)
+        except BaseException as exc:
+            slots.give_back(taken_at)
+            if isinstance(exc, TimeoutError):
+                raise timed_out(timeout_s) from exc
+            if isinstance(exc, aiohttp.ClientError):
+                raise _unreachable(url, exc) from exc
+            raise
+        return _AiohttpResponse(response, timeout_s, self.limits.max_body_bytes, slots, taken_at)
 
     async def aclose(self) -> None:
         await self._session.close()
 
 
-class _HttpxResponse:
-    def __init__(self, response: Any, timeout_s: float, max_body_bytes: int) -> None:
+class _HttpxResponse(_SlotHolder):
+    __slots__ = ("_max_body_bytes", "_response", "_timeout_s", "content_type", "status")
+
+    def __init__(
+        self,
+        response: Any,
+        timeout_s: float,
+        max_body_bytes: int,
+        slots: ConnectionSlots,
+        taken_at: float,
+    ) -> None:
+        super().__init__(slots, taken_at)
         self._response = response
         self._timeout_s = timeout_s
         self._max_body_bytes = max_body_bytes
@@ -260,7 +466,7 @@ class _HttpxResponse:
         except httpx.HTTPError as exc:
             raise _broken_stream(exc) from exc
         finally:
-            await self._response.aclose()
+            await self.close()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         import httpx
@@ -274,7 +480,10 @@ class _HttpxResponse:
             raise _broken_stream(exc) from exc
 
     async def close(self) -> None:
-        await self._response.aclose()
+        try:
+            await self._response.aclose()
+        finally:
+            self._give_back()
 
 
 class HttpxTransport:
@@ -283,6 +492,7 @@ class HttpxTransport:
 
         self._httpx = httpx
         self.limits = BodyLimits.from_settings(settings)
+        self.slots = ConnectionSlots(settings.max_connections, settings.pool_wait_s)
         self._connect_timeout_s = settings.connect_timeout_s
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(
@@ -302,22 +512,29 @@ class HttpxTransport:
         timeout_s: float,
     ) -> UpstreamResponse:
         httpx = self._httpx
-        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
-        request = self._client.build_request(
-            verb.upper(),
-            url,
-            params=tuple(params) or None,
-            content=body,
-            headers=headers,
-            timeout=timeout,
-        )
+        slots = self.slots
+        # No coroutine made while a slot is free: this is every call's path.
+        left_s = timeout_s if slots.take_nowait() else await slots.take(timeout_s)
+        taken_at = time.monotonic()
+        timeout = httpx.Timeout(left_s, connect=min(left_s, self._connect_timeout_s))
         try:
+            request = self._client.build_request(
+                verb.upper(),
+                url,
+                params=tuple(params) or None,
+                content=body,
+                headers=headers,
+                timeout=timeout,
+            )
             response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise timed_out(timeout_s) from exc
-        except httpx.HTTPError as exc:
-            raise _unreachable(url, exc) from exc
-        return _HttpxResponse(response, timeout_s, self.limits.max_body_bytes)
+        except BaseException as exc:
+            slots.give_back(taken_at)
+            if isinstance(exc, httpx.TimeoutException):
+                raise timed_out(timeout_s) from exc
+            if isinstance(exc, httpx.HTTPError):
+                raise _unreachable(url, exc) from exc
+            raise
+        return _HttpxResponse(response, timeout_s, self.limits.max_body_bytes, slots, taken_at)
 
     async def aclose(self) -> None:
         await self._client.aclose()

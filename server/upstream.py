@@ -19,6 +19,11 @@ Retries (retries.py): a request that failed before any byte of its answer arrive
 Only the opening of a stream is retried: once `stream()` has yielded, what follows reaches
 the caller and is never repeated. Without a Retrier (retries off) each call is one request.
 
+Each attempt holds one of the upstream pool's connections (transports.ConnectionSlots)
+from its request until its response is closed; a failed attempt's is closed before any
+retry, so a call never holds two. A call refused for want of a connection (POOL_REFUSALS)
+is not retried: it carries no transport failure to retry.
+
 Every attempt is measured (`gateway_upstream_request_seconds{method,code}`) and, with a
 tracer, is a CLIENT span under the gRPC call's span, whose W3C trace context it carries
 upstream in a `traceparent` header. Spans carry the method, host and path, the HTTP status
@@ -50,9 +55,11 @@ from gemini_gateway.server.routes import HttpCall
 from gemini_gateway.server.sse import SseReader
 from gemini_gateway.server.transports import (
     ERROR_BODY_BYTES,
+    POOL_REFUSALS,
     USER_AGENT,
     AiohttpTransport,
     BodyLimits,
+    ConnectionSlots,
     HttpxTransport,
     Transport,
     UpstreamResponse,
@@ -137,7 +144,9 @@ class _Exchange:
         if self.code == "unreachable" and isinstance(error, errors.UpstreamError):
             if error.code.name == "DEADLINE_EXCEEDED":
                 self.code = "timeout"
-        metrics.UPSTREAM_SECONDS.labels(self._method, self.code).observe(self.elapsed())
+        # A call refused for want of a connection sent nothing: not an upstream request.
+        if not isinstance(error, POOL_REFUSALS):
+            metrics.UPSTREAM_SECONDS.labels(self._method, self.code).observe(self.elapsed())
         if self.span is not None:
             _end_span(self.span, self.code, error)
 
@@ -190,6 +199,12 @@ class UpstreamClient:
         self.limits = limits or getattr(transport, "limits", None) or BodyLimits()
         self.retrier = retrier
         self.tracer = tracer
+
+    @property
+    def pool(self) -> ConnectionSlots | None:
+        """The upstream pool's connection slots (None for a transport without them)."""
+        slots = getattr(self._transport, "slots", None)
+        return slots if isinstance(slots, ConnectionSlots) else None
 
     async def _open(
         self, call: HttpCall, metadata: Metadata, timeout_s: float | None, stream: bool

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -32,12 +33,14 @@ import tempfile
 import threading
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 
 from gemini_gateway.server import startup
 from gemini_gateway.server.config import Settings
+from gemini_gateway.server.identity import CallerDirectory
 from gemini_gateway.server.log_format import configure_logging
 from gemini_gateway.server.startup import StartupError
 
@@ -58,13 +61,42 @@ MAX_START_FAILURES = 5
 STOP_MARGIN_S = 10.0
 
 
-def resolve_workers(workers: int) -> int:
-    """The processes `workers` asks for: 0 is one per core this process may run on."""
-    if workers > 0:
-        return workers
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def resolve_workers(settings: Settings) -> int:
+    """The processes the settings ask for: `workers`, 0 being one per usable core; unset, one
+    per core in production mode and 1 in development mode on loopback (or off Linux)."""
+    workers = settings.workers
+    if workers is None:
+        development = CallerDirectory(settings).development_mode and startup.is_loopback(
+            settings.host
+        )
+        if development or sys.platform != "linux":
+            return 1
+        workers = 0
+    return workers if workers > 0 else usable_cores()
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on (its CPU affinity), capped by the cgroup v2 CPU
+    limits of its cgroup and those above it: in a container, its CPU limit rather than the
+    node's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return cores
+    path = next((line[3:] for line in own if line.startswith("0::")), "/")
+    group = cgroup_root / path.lstrip("/")
+    for folder in (group, *group.parents):
+        if not folder.is_relative_to(cgroup_root):
+            break
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            continue  # no limit there
+    return cores
 
 
 def worker_settings(

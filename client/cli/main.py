@@ -170,7 +170,8 @@ def serve(
     from gemini_gateway.server.log_format import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    count = resolve_workers(settings.workers)
+    count = resolve_workers(settings)
+    settings = settings.model_copy(update={"workers": count})
     _run_loop(supervise(settings, count) if count > 1 else serve_gateway(settings))
 
 

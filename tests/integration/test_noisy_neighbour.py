@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -51,7 +52,7 @@ BOUND_CAP_S = NOISY_MS / 1000 / 2
 
 @asynccontextmanager
 async def gateway_stub(
-    emulator: EmulatorHandle, store: Path, share: float
+    emulator: EmulatorHandle, store: Path, share: float, **fields: Any
 ) -> AsyncIterator[generative_service_pb2_grpc.GenerativeServiceStub]:
     """A gateway with the 8-connection pool, two projects and this reserved_pool_share."""
     settings = gateway_settings(
@@ -60,6 +61,7 @@ async def gateway_stub(
         max_connections=POOL,
         reserved_pool_share=share,
         projects={"noisy": project("noisy"), "quiet": project("quiet")},
+        **fields,
     )
     gw = await start_limited_gateway(settings)
     try:
@@ -145,7 +147,8 @@ async def test_without_the_reserve_the_noisy_project_starves_the_quiet_one(
     emulator: EmulatorHandle, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """The control: the same load with reserved_pool_share 0 (no limits at all)."""
-    async with gateway_stub(emulator, tmp_path, share=0.0) as stub:
+    # Calls may wait for a connection as long as they like (pool_wait_s): the silent queue.
+    async with gateway_stub(emulator, tmp_path, share=0.0, pool_wait_s=3600) as stub:
         await _starved(stub, emulator, http)
 
 
