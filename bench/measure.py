@@ -265,7 +265,7 @@ class Block:
     steady_s: float  # the time those took
 
 
-async def _concurrent(
+async def concurrent_block(
     call: Callable[[], Awaitable[object]], count: int, concurrency: int, data: TargetData
 ) -> Block:
     """`count` calls by `concurrency` workers."""
@@ -336,7 +336,7 @@ async def warm_up(targets: list[Target], plan: Plan, progress: Progress) -> None
         await _latency_block(target.unary, plan.warmup, scratch)
         if isinstance(target, GatewayTarget):
             await _latency_block(target.health, plan.warmup, scratch)
-        await _concurrent(target.unary, plan.concurrency * 4, plan.concurrency, scratch)
+        await concurrent_block(target.unary, plan.concurrency * 4, plan.concurrency, scratch)
         if target.streams:
             await _stream_block(target, 3, scratch)
         await settle(target, scratch)
@@ -366,7 +366,7 @@ async def run_phases(
     for round_ in range(plan.rounds):
         for target in _rotated(targets, round_):
             cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
-            block = await _concurrent(
+            block = await concurrent_block(
                 target.unary,
                 plan.per_round(plan.throughput_requests),
                 plan.concurrency,

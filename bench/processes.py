@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -36,6 +37,42 @@ STOP_TIMEOUT_S = 5.0
 # writes what is queued (up to 10 s). Waiting less would kill it before its last batch.
 GATEWAY_STOP_TIMEOUT_S = 20.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# One worker process, no access log, connections kept for the whole run: the cheapest
+# fixed answer nginx gives. `return` works for POST and discards the request body.
+_NGINX_CONFIG = """
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    keepalive_requests 1000000000;
+    keepalive_timeout 600s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+
+
+def _nginx_string(answer: bytes) -> str:
+    """JSON as the body of a single-quoted nginx string: compact, with no `$` (nginx would
+    read a variable) and nginx's own escapes doubled."""
+    text = json.dumps(json.loads(answer), separators=(",", ":")).replace("$", "\\u0024")
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def find_tool(name: str) -> str | None:
+    """An optional tool of the bench (h2load, nginx), also where root's PATH has it."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
 
 
 class ServiceError(RuntimeError):
@@ -107,13 +144,17 @@ class Services:
         self._env = _clean_env(self._dir)
         self.started: list[Service] = []
 
-    def _spawn(
-        self, name: str, args: list[str], port: int, env: dict[str, str] | None = None
-    ) -> Service:
-        log_path = self._dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, *args],
+    @property
+    def folder(self) -> Path:
+        """The run's temporary folder, deleted when the services stop."""
+        return self._dir
+
+    def _popen(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        with (self._dir / f"{name}.log").open("wb") as log:
+            return subprocess.Popen(
+                command,
                 cwd=REPO_ROOT,
                 env={**self._env, **(env or {})},
                 stdin=subprocess.DEVNULL,
@@ -123,7 +164,12 @@ class Services:
                 # children itself, in order, instead of racing their own shutdown.
                 start_new_session=True,
             )
-        service = Service(name, process, port, log_path)
+
+    def _spawn(
+        self, name: str, args: list[str], port: int, env: dict[str, str] | None = None
+    ) -> Service:
+        process = self._popen(name, [sys.executable, *args], env)
+        service = Service(name, process, port, self._dir / f"{name}.log")
         self.started.append(service)
         return service
 
@@ -148,25 +194,50 @@ class Services:
         *,
         record_usage: bool = True,
         logging: bool = False,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> Service:
         """A gateway with default settings except the upstream, its own temporary store and
         a metrics port; `record_usage=False` turns the usage recorder off, `logging=True`
-        logs every call (with a limit no bench run reaches)."""
+        logs every call (with a limit no bench run reaches), `workers` processes share the
+        port; `env` adds settings (GEMINI_GATEWAY_* variables)."""
         port, metrics_port = free_port(), free_port()
         store_path = self._dir / f"{name}.db"
-        env = {"GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{store_path}"}
+        settings = {"GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{store_path}"}
         if not record_usage:
-            env["GEMINI_GATEWAY_RECORD_USAGE"] = "false"
+            settings["GEMINI_GATEWAY_RECORD_USAGE"] = "false"
         if logging:
-            env["GEMINI_GATEWAY_LOGGING_ENABLED"] = "true"
-            env["GEMINI_GATEWAY_LOG_MAX_LOGS"] = str(10**9)
+            settings["GEMINI_GATEWAY_LOGGING_ENABLED"] = "true"
+            settings["GEMINI_GATEWAY_LOG_MAX_LOGS"] = str(10**9)
+        settings.update(env or {})
         args = ["-m", "gemini_gateway.cli", "serve", "--upstream", upstream_url, "--host", HOST]
         args += ["--port", str(port), "--http-client", http_client, "--log-level", "WARNING"]
-        args += ["--metrics-port", str(metrics_port)]
-        service = self._spawn(name, args, port, env)
+        # The console on a free port rather than 8080, which other programs may be using.
+        args += ["--metrics-port", str(metrics_port), "--console-port", "0"]
+        args += ["--workers", str(workers)]
+        service = self._spawn(name, args, port, settings)
         service.store_path = store_path
         service.metrics_port = metrics_port
         service.record_usage = record_usage
+        return service
+
+    def start_fixed_upstream(self, nginx: str, answer: bytes) -> Service:
+        """nginx answering every request with `answer` (JSON): an upstream that costs next to
+        no CPU, so that the gateway is what saturates the machine."""
+        port = free_port()
+        prefix = self._dir / "nginx"
+        prefix.mkdir(exist_ok=True)
+        config = prefix / "nginx.conf"
+        config.write_text(
+            _NGINX_CONFIG.format(prefix=prefix, port=port, body=_nginx_string(answer))
+        )
+        service = Service(
+            "fixed-answer upstream (nginx)",
+            self._popen("nginx", [nginx, "-p", str(prefix), "-c", str(config), "-e", "stderr"]),
+            port,
+            self._dir / "nginx.log",
+        )
+        self.started.append(service)
         return service
 
     def stop(self, service: Service, timeout_s: float = GATEWAY_STOP_TIMEOUT_S) -> int:
@@ -274,6 +345,47 @@ def cpu_seconds(pid: int) -> float:
         # The command name may contain spaces; the numeric fields follow its closing ')'.
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """The process's children, their children, and so on (a gateway's workers)."""
+    found = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue  # the thread or process has just ended
+            found += children
+            pending += children
+    return found
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of the process and of each of its descendants now alive, by pid: a
+    gateway with `--workers N` is a parent and N worker processes."""
+    times = {}
+    for member in [pid, *descendants(pid)]:
+        try:
+            times[member] = cpu_seconds(member)
+        except OSError:
+            pass  # ended between the listing and the read
+    return times
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process and all its descendants now alive."""
+    return sum(tree_cpu(pid).values())
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all the machine's cores have spent on anything but idling (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait counts.
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLOCK_TICKS
 
 
 def metric_samples(service: Service, timeout_s: float = 5.0) -> dict[str, float]:

@@ -13,18 +13,29 @@ from importlib.metadata import version
 from rich.console import Console
 from rich.table import Table
 
+from bench.many_streams import TARGET_PEAK_RSS_MIB
 from bench.measure import STREAM_CHUNKS, STREAM_DELAY_MS, Plan, TargetData
+from bench.scaling import (
+    MANY_CHUNK_DELAY_MS,
+    MANY_CHUNKS,
+    WORKER_COUNTS,
+    ManyStreamsData,
+    WorkersBlock,
+    WorkersData,
+)
 from bench.stats import mean, percentile
 
 DIRECT = "direct"
-# Targets the gateway is meant to meet, on the added (gateway - direct) numbers, in ms.
-TARGET_ADDED_P50_MS = 1.0
-TARGET_ADDED_P99_MS = 3.0
+# The targets of issue 11, each printed met or MISSED. Added = gateway - direct, in ms.
+TARGET_CPU_PER_CALL_US = 350.0  # gateway CPU per forwarded unary call
+TARGET_ADDED_P50_MS = 0.6  # unary, c=1
+TARGET_ADDED_P99_MS = 1.5
 TARGET_ADDED_TTFC_P50_MS = 1.0
-# Throughput with usage recording on, as a share of the same gateway with it off.
+TARGET_MANY_STREAMS = 2000  # opened at once through one worker: no errors, peak RSS below
+TARGET_WORKERS_RATIO = 1.6  # throughput of two workers / one
+# Throughput with usage recording and request logging on, as a share of both off; the
+# --recording and --logging runs hold each feature alone to the same share.
 TARGET_RECORDING_RATIO = 0.95
-# Throughput with request logging on (and usage recording), as a share of recording alone.
-TARGET_LOGGING_RATIO = 0.90
 
 
 # --- summaries of one target -------------------------------------------------------------
@@ -142,8 +153,8 @@ class Report:
 
 @dataclass(frozen=True)
 class RecordingPair:
-    """The same gateway with a recording feature on and off: usage recording (default
-    settings) by default, or request logging (`feature`, `target` say which)."""
+    """The same gateway with recording features on and off (`feature` says which), and
+    optionally a gateway in between (`middle`, e.g. default settings) shown beside them."""
 
     on: str
     off: str
@@ -151,6 +162,8 @@ class RecordingPair:
     title: str = "Usage recording"
     target: float = TARGET_RECORDING_RATIO
     off_records_usage: bool = False  # the "off" gateway still records usage (logging pair)
+    middle: str | None = None
+    middle_label: str = ""
 
 
 def _difference_row(
@@ -230,20 +243,68 @@ def _main_table(data: dict[str, TargetData], gateways: list[str], plan: Plan) ->
     return TableData(title, header, rows)
 
 
-def _target_line(gateway: str, data: dict[str, TargetData]) -> str:
-    direct, gw = data[DIRECT], data[gateway]
-    checks = [
-        ("added p50", unary_ms(gw, 50) - unary_ms(direct, 50), TARGET_ADDED_P50_MS),
-        ("added p99", unary_ms(gw, 99) - unary_ms(direct, 99), TARGET_ADDED_P99_MS),
-        ("added TTFC p50", ttfc_ms(gw, 50) - ttfc_ms(direct, 50), TARGET_ADDED_TTFC_P50_MS),
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _added_target_lines(data: dict[str, TargetData], gateways: list[str]) -> list[str]:
+    """Added unary p50/p99 and TTFC p50, judged on the first (default) gateway; the others
+    are shown beside it."""
+    direct = data[DIRECT]
+
+    def added(metric: Callable[[TargetData], float], gateway: str) -> float:
+        return metric(data[gateway]) - metric(direct)
+
+    def p50(d: TargetData) -> float:
+        return unary_ms(d, 50)
+
+    def p99(d: TargetData) -> float:
+        return unary_ms(d, 99)
+
+    def ttfc(d: TargetData) -> float:
+        return ttfc_ms(d, 50)
+
+    def others(text: Callable[[str], str]) -> str:
+        rest = [f"{_label(g)} {text(g)}" for g in gateways[1:]]
+        return f"; {', '.join(rest)}" if rest else ""
+
+    first = gateways[0]
+    a50, a99, attfc = added(p50, first), added(p99, first), added(ttfc, first)
+    unary_ok = a50 <= TARGET_ADDED_P50_MS and a99 <= TARGET_ADDED_P99_MS  # False for nan
+    ttfc_ok = attfc <= TARGET_ADDED_TTFC_P50_MS
+    return [
+        f"added unary p50 ≤ {TARGET_ADDED_P50_MS:g} ms and p99 ≤ {TARGET_ADDED_P99_MS:g} ms, "
+        f"c=1: {_verdict(unary_ok)} ({_label(first)} {a50:+.2f} / {a99:+.2f} ms"
+        + others(lambda g: f"{added(p50, g):+.2f} / {added(p99, g):+.2f} ms")
+        + ")",
+        f"added stream TTFC p50 ≤ {TARGET_ADDED_TTFC_P50_MS:g} ms: {_verdict(ttfc_ok)} "
+        f"({_label(first)} {attfc:+.2f} ms" + others(lambda g: f"{added(ttfc, g):+.2f} ms") + ")",
     ]
-    met = [value <= limit for _, value, limit in checks]  # False for nan too
-    parts = [
-        f"{name} {value:+.2f} ms {'≤' if ok else '>'} {limit:g} {'met' if ok else 'MISSED'}"
-        for (name, value, limit), ok in zip(checks, met, strict=True)
-    ]
-    verdict = "meets all targets" if all(met) else f"misses {met.count(False)} of {len(met)}"
-    return f"{gateway}: {verdict} ({'; '.join(parts)})"
+
+
+def _cpu_target_line(
+    data: dict[str, TargetData], gateways: list[str], workers: WorkersData | None
+) -> str | None:
+    """Judged on the workers phase's single worker, where the gateway is what saturates the
+    machine; on the main table's default gateway when that phase did not run."""
+    figures = []
+    judged: float | None = None
+    if workers is not None and workers.blocks.get(1):
+        judged = _per_call_us(workers.blocks[1], lambda b: b.gateway_cpu_s)
+        figures.append(
+            f"{judged:.0f} µs: 1 worker, c={workers.concurrency}, load from "
+            f"{workers.load_generator}"
+        )
+    if gateways:
+        main = cpu_us_per_request(data[gateways[0]])
+        figures.append(f"{main:.0f} µs: {_label(gateways[0])} in the main table")
+        judged = main if judged is None else judged
+    if judged is None:
+        return None
+    return (
+        f"gateway CPU per forwarded unary call ≤ {TARGET_CPU_PER_CALL_US:g} µs: "
+        f"{_verdict(judged <= TARGET_CPU_PER_CALL_US)} ({'; '.join(figures)})"
+    )
 
 
 @dataclass(frozen=True)
@@ -322,38 +383,52 @@ def _events_cell(data: TargetData) -> str:
 def _recording_table(data: dict[str, TargetData], pair: RecordingPair, plan: Plan) -> TableData:
     on, off = data[pair.on], data[pair.off]
     direct = data[DIRECT]
+    columns = [pair.on, *([pair.middle] if pair.middle else []), pair.off]
+    shown = [data[name] for name in columns]
 
     def added_ms(d: TargetData, q: float) -> float:
         return unary_ms(d, q) - unary_ms(direct, q)
 
-    cpu_on, cpu_off = cpu_us_per_request(on), cpu_us_per_request(off)
-    added = {q: (added_ms(on, q), added_ms(off, q)) for q in (50, 99)}
-    rss_on, rss_off = (d.rss_peak_mib or math.nan for d in (on, off))
-    dropped = "—" if on.dropped_events is None else f"{on.dropped_events:.0f}"
+    def rss(d: TargetData) -> float:
+        return d.rss_peak_mib or math.nan
+
+    def dropped(d: TargetData) -> str:
+        return "—" if d.dropped_events is None else f"{d.dropped_events:.0f}"
+
+    def logs(d: TargetData) -> str:
+        return "—" if d.log_rows is None else f"{d.log_rows} / {d.calls}"
+
     rows = [
         [
             f"throughput (req/s), c={plan.concurrency}",
-            _num(throughput_rps(on), 0),
-            _num(throughput_rps(off), 0),
+            *(_num(throughput_rps(d), 0) for d in shown),
             f"{recording_ratio(data, pair):.1%}",
         ],
         [
             f"gateway CPU per request (µs), c={plan.concurrency}",
-            _num(cpu_on, 0),
-            _num(cpu_off, 0),
-            _added(cpu_on - cpu_off, 0),
+            *(_num(cpu_us_per_request(d), 0) for d in shown),
+            _added(cpu_us_per_request(on) - cpu_us_per_request(off), 0),
         ],
         *(
-            [f"added unary p{q} (ms), c=1", _added(a), _added(b), _added(a - b)]
-            for q, (a, b) in added.items()
+            [
+                f"added unary p{q} (ms), c=1",
+                *(_added(added_ms(d, q)) for d in shown),
+                _added(added_ms(on, q) - added_ms(off, q)),
+            ]
+            for q in (50, 99)
         ),
-        ["gateway RSS peak (MiB)", _num(rss_on, 1), _num(rss_off, 1), _added(rss_on - rss_off, 1)],
-        ["events recorded / calls made", _events_cell(on), _events_cell(off), "—"],
-        ["recorder dropped events", dropped, "—", "—"],
+        [
+            "gateway RSS peak (MiB)",
+            *(_num(rss(d), 1) for d in shown),
+            _added(rss(on) - rss(off), 1),
+        ],
+        ["events recorded / calls made", *(_events_cell(d) for d in shown), "—"],
+        ["recorder dropped events", *(dropped(d) for d in shown), "—"],
     ]
-    if on.log_rows is not None:
-        rows.append(["request logs stored / calls made", f"{on.log_rows} / {on.calls}", "—", "—"])
-    header = ["measure", f"{pair.feature} on", f"{pair.feature} off", "on vs off"]
+    if any(d.log_rows is not None for d in shown):
+        rows.append(["request logs stored / calls made", *(logs(d) for d in shown), "—"])
+    middle = [pair.middle_label] if pair.middle else []
+    header = ["measure", f"{pair.feature} on", *middle, f"{pair.feature} off", "on vs off"]
     return TableData(f"{pair.title} on vs off ({_label(pair.on)})", header, rows)
 
 
@@ -398,8 +473,186 @@ def _recording_notes(data: dict[str, TargetData], pair: RecordingPair) -> list[s
 
 def _recording_target(data: dict[str, TargetData], pair: RecordingPair) -> str:
     ratio = recording_ratio(data, pair)
-    verdict = "met" if ratio >= pair.target else "MISSED"
-    return f"{pair.feature} on vs off throughput >= {pair.target:.0%}: {verdict} ({ratio:.1%})"
+    middle = ""
+    if pair.middle:
+        share = throughput_rps(data[pair.middle]) / throughput_rps(data[pair.off])
+        middle = f"; {pair.middle_label}: {share:.1%}"
+    return (
+        f"{pair.feature} on: throughput ≥ {pair.target:.0%} of off: "
+        f"{_verdict(ratio >= pair.target)} ({ratio:.1%}{middle})"
+    )
+
+
+# --- workers and many streams -----------------------------------------------------------
+
+
+def _workers_rps(blocks: list[WorkersBlock]) -> float:
+    seconds = sum(b.seconds for b in blocks)
+    return sum(b.ok for b in blocks) / seconds if seconds else math.nan
+
+
+def _per_call_us(blocks: list[WorkersBlock], cpu: Callable[[WorkersBlock], float]) -> float:
+    calls = sum(b.ok for b in blocks)
+    return sum(cpu(b) for b in blocks) / calls * 1e6 if calls else math.nan
+
+
+def _cores(blocks: list[WorkersBlock], cpu: Callable[[WorkersBlock], float]) -> float:
+    """CPU seconds per second while the load ran: how many cores that part kept busy."""
+    seconds = sum(b.wall_s for b in blocks)
+    return sum(cpu(b) for b in blocks) / seconds if seconds else math.nan
+
+
+def _others_cpu_s(block: WorkersBlock) -> float:
+    own = block.gateway_load_cpu_s + block.load_cpu_s + block.upstream_cpu_s
+    return max(0.0, block.machine_cpu_s - own)
+
+
+def _idle_cpu_s(block: WorkersBlock) -> float:
+    return max(0.0, _cpus() * block.wall_s - block.machine_cpu_s)
+
+
+_PER_CALL: tuple[tuple[str, Callable[[WorkersBlock], float]], ...] = (
+    ("gateway CPU per call (µs), recorder included", lambda b: b.gateway_cpu_s),
+    ("load generator CPU per call (µs)", lambda b: b.load_cpu_s),
+    ("upstream CPU per call (µs)", lambda b: b.upstream_cpu_s),
+)
+_CORES: tuple[tuple[str, Callable[[WorkersBlock], float]], ...] = (
+    ("gateway", lambda b: b.gateway_load_cpu_s),
+    ("load generator", lambda b: b.load_cpu_s),
+    ("upstream", lambda b: b.upstream_cpu_s),
+    ("other processes", _others_cpu_s),
+    ("idle", _idle_cpu_s),
+)
+
+
+def _busiest_worker_share(blocks: list[WorkersBlock]) -> float:
+    """The busiest worker's share of all workers' CPU, per block, averaged: 50% is an even
+    split between two workers."""
+    shares = [max(b.worker_cpu_s) / sum(b.worker_cpu_s) for b in blocks if sum(b.worker_cpu_s)]
+    return mean(shares)
+
+
+def workers_ratio(workers: WorkersData) -> float:
+    one, two = (_workers_rps(workers.blocks[n]) for n in WORKER_COUNTS)
+    return two / one
+
+
+def _workers_table(workers: WorkersData) -> TableData:
+    one, two = (workers.blocks[n] for n in WORKER_COUNTS)
+    both = (one, two)
+    rows = [
+        [
+            "throughput (req/s)",
+            _num(_workers_rps(one), 0),
+            _num(_workers_rps(two), 0),
+            f"{workers_ratio(workers):.2f}x",
+        ]
+    ]
+    for name, cpu in _PER_CALL:
+        us = [_per_call_us(blocks, cpu) for blocks in both]
+        rows.append([name, *(_num(u, 0) for u in us), _added(us[1] - us[0], 0)])
+    for part, cpu in _CORES:
+        cores = [_cores(blocks, cpu) for blocks in both]
+        rows.append(
+            [
+                f"cores busy while loaded: {part}",
+                *(_num(c) for c in cores),
+                _added(cores[1] - cores[0]),
+            ]
+        )
+    rows += [
+        [
+            "busiest worker's share of the workers' CPU",
+            "—",
+            f"{_busiest_worker_share(two):.0%}",
+            "—",
+        ],
+        [
+            "failed calls / calls",
+            *(
+                f"{sum(b.calls - b.ok for b in blocks)} / {sum(b.calls for b in blocks)}"
+                for blocks in both
+            ),
+            "—",
+        ],
+        [
+            "recorder dropped events",
+            *(f"{workers.dropped_events.get(n, 0):.0f}" for n in WORKER_COUNTS),
+            "—",
+        ],
+    ]
+    title = (
+        f"Gateway workers, unary at c={workers.concurrency} (load: {workers.load_generator}; "
+        f"upstream: {workers.upstream})"
+    )
+    return TableData(title, ["measure", "1 worker", "2 workers", "2 vs 1"], rows)
+
+
+def _workers_notes(workers: WorkersData) -> list[str]:
+    one, two = (workers.blocks[n] for n in WORKER_COUNTS)
+    ratios = [
+        (b2.ok / b2.seconds) / (b1.ok / b1.seconds)
+        for b1, b2 in zip(one, two, strict=True)
+        if b1.seconds and b2.seconds and b1.ok
+    ]
+    above = sum(r >= TARGET_WORKERS_RATIO for r in ratios)
+    notes = [
+        f"Workers 2 vs 1 throughput per round, a noise gauge: {_range(ratios, '{:.2f}x')}, "
+        f"median {percentile(ratios, 50):.2f}x (≥ {TARGET_WORKERS_RATIO:g}x in "
+        f"{above}/{len(ratios)} rounds)",
+        *workers.notes,
+    ]
+    if workers.first_error:
+        notes.append(f"workers phase, first error: {workers.first_error}")
+    return notes
+
+
+def _workers_target(workers: WorkersData) -> str:
+    ratio = workers_ratio(workers)
+    two = workers.blocks[2]
+    spare = _cpus() - _cores(two, lambda b: b.load_cpu_s + b.upstream_cpu_s)
+    return (
+        f"two workers ≥ {TARGET_WORKERS_RATIO:g}x the throughput of one: "
+        f"{_verdict(ratio >= TARGET_WORKERS_RATIO)} ({ratio:.2f}x; load generator and "
+        f"upstream left {spare:.2f} of {_cpus()} cores to the gateway)"
+    )
+
+
+def _many_streams_table(many: ManyStreamsData) -> TableData:
+    result = many.result
+    errors = ", ".join(f"{name} {n}" for name, n in result.errors.items()) or "none"
+    rows = [
+        ["streams OK / opened", f"{result.ok} / {result.count}"],
+        ["errors by status", errors],
+        ["client created every call (s)", _num(result.create_s)],
+        ["streams live at once, at most", str(result.peak_live)],
+        ["every stream had its first chunk (s)", _num(result.first_chunks_s)],
+        ["the last stream ended (s)", _num(result.finish_s)],
+        [
+            "time to first chunk p50 / p99 (ms)",
+            f"{_num(result.ttfc_p50_ms, 0)} / {_num(result.ttfc_p99_ms, 0)}",
+        ],
+        ["gateway RSS before (MiB)", _num(many.rss_idle_mib, 1)],
+        ["gateway RSS peak (MiB)", _num(many.rss_peak_mib, 1)],
+    ]
+    title = (
+        f"{many.count} streams opened at once, one worker ({MANY_CHUNKS} chunks "
+        f"{MANY_CHUNK_DELAY_MS:g} ms apart)"
+    )
+    return TableData(title, ["measure", "value"], rows)
+
+
+def _many_streams_target(many: ManyStreamsData) -> str:
+    errors = many.result.error_count
+    met = errors == 0 and many.rss_peak_mib < TARGET_PEAK_RSS_MIB
+    figures = f"{errors} errors, peak RSS {many.rss_peak_mib:.0f} MiB"
+    limit = (
+        f"{TARGET_MANY_STREAMS} streams opened at once through one worker: 0 errors, RSS < "
+        f"{TARGET_PEAK_RSS_MIB:g} MiB"
+    )
+    if many.count < TARGET_MANY_STREAMS:
+        return f"{limit}: not judged ({many.count} streams in this run: {figures})"
+    return f"{limit}: {_verdict(met)} ({figures})"
 
 
 def _meta(plan: Plan, streams: bool) -> str:
@@ -426,13 +679,20 @@ def build_report(
     plan: Plan,
     gateways: list[str],
     recording: RecordingPair | None = None,
+    workers: WorkersData | None = None,
+    many: ManyStreamsData | None = None,
 ) -> Report:
-    """`gateways` are compared with direct in the main table (none: no main table);
-    `recording` adds the on/off table, its target and the store checks."""
+    """`gateways` are compared with direct in the main table (none: no main table), the
+    first being the default one the targets are judged on; `recording` adds the on/off
+    table, its target and the store checks; `workers` and `many` their phases."""
     tables, targets, notes = [], [], []
+    failed = False
+    cpu_line = _cpu_target_line(data, gateways, workers)
+    if cpu_line:
+        targets.append(cpu_line)
     if gateways:
         tables.append(_main_table(data, gateways, plan))
-        targets += [_target_line(g, data) for g in gateways]
+        targets += _added_target_lines(data, gateways)
         notes.append(
             "Added unary p50 per round (ms), a noise gauge: "
             + "; ".join(f"{_label(g)} {_range(_added_rounds(data, g))}" for g in gateways)
@@ -440,7 +700,21 @@ def build_report(
         client_note = _client_note(data, gateways)
         if client_note:
             notes.append(client_note)
-    failed = False
+    if many is not None:
+        tables.append(_many_streams_table(many))
+        targets.append(_many_streams_target(many))
+        if many.result.error_count:
+            failed = True
+            notes.append(
+                f"ERRORS: {many.result.error_count} of {many.count} streams opened at once failed"
+            )
+    if workers is not None:
+        tables.append(_workers_table(workers))
+        targets.append(_workers_target(workers))
+        notes += _workers_notes(workers)
+        if workers.failed:
+            failed = True
+            notes.append(f"ERRORS: the workers phase failed {workers.failed} calls")
     if recording is not None:
         tables.append(_recording_table(data, recording, plan))
         targets.append(_recording_target(data, recording))
