@@ -326,11 +326,29 @@ async def _read_capped(response: UpstreamResponse, headers: Any, limit: int) -> 
 
 
 class _SlotHolder:
-    """A response holding a connection slot until it is closed (once, however often)."""
+    """A response holding a connection slot until it is closed (once, however often), with
+    what both transports keep of it: the library's response, its status and content type,
+    and the call's time and body limits."""
 
-    __slots__ = ("_slots", "_taken_at")
+    __slots__ = (
+        "_max_body_bytes", "_response", "_slots", "_taken_at", "_timeout_s", "content_type",
+        "status",
+    )  # fmt: skip
 
-    def __init__(self, slots: ConnectionSlots, taken_at: float) -> None:
+    def __init__(
+        self,
+        response: Any,
+        status: int,
+        timeout_s: float,
+        max_body_bytes: int,
+        slots: ConnectionSlots,
+        taken_at: float,
+    ) -> None:
+        self._response = response
+        self.status = status
+        self.content_type = response.headers.get("content-type", "")
+        self._timeout_s = timeout_s
+        self._max_body_bytes = max_body_bytes
         self._slots: ConnectionSlots | None = slots
         self._taken_at = taken_at
 
@@ -342,22 +360,8 @@ class _SlotHolder:
 
 
 class _AiohttpResponse(_SlotHolder):
-    __slots__ = ("_max_body_bytes", "_response", "_timeout_s", "content_type", "status")
-
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        timeout_s: float,
-        max_body_bytes: int,
-        slots: ConnectionSlots,
-        taken_at: float,
-    ) -> None:
-        super().__init__(slots, taken_at)
-        self._response = response
-        self._timeout_s = timeout_s
-        self._max_body_bytes = max_body_bytes
-        self.status = response.status
-        self.content_type = response.headers.get("content-type", "")
+    __slots__ = ()
+    _response: aiohttp.ClientResponse
 
     async def read(self) -> bytes:
         return await _read_capped(self, self._response.headers, self._max_body_bytes)
@@ -429,29 +433,16 @@ class AiohttpTransport:
             if isinstance(exc, aiohttp.ClientError):
                 raise _unreachable(url, exc) from exc
             raise
-        return _AiohttpResponse(response, timeout_s, self.limits.max_body_bytes, slots, taken_at)
+        return _AiohttpResponse(
+            response, response.status, timeout_s, self.limits.max_body_bytes, slots, taken_at
+        )
 
     async def aclose(self) -> None:
         await self._session.close()
 
 
 class _HttpxResponse(_SlotHolder):
-    __slots__ = ("_max_body_bytes", "_response", "_timeout_s", "content_type", "status")
-
-    def __init__(
-        self,
-        response: Any,
-        timeout_s: float,
-        max_body_bytes: int,
-        slots: ConnectionSlots,
-        taken_at: float,
-    ) -> None:
-        super().__init__(slots, taken_at)
-        self._response = response
-        self._timeout_s = timeout_s
-        self._max_body_bytes = max_body_bytes
-        self.status = response.status_code
-        self.content_type = response.headers.get("content-type", "")
+    __slots__ = ()
 
     async def read(self) -> bytes:
         return await _read_capped(self, self._response.headers, self._max_body_bytes)
@@ -534,7 +525,9 @@ class HttpxTransport:
             if isinstance(exc, httpx.HTTPError):
                 raise _unreachable(url, exc) from exc
             raise
-        return _HttpxResponse(response, timeout_s, self.limits.max_body_bytes, slots, taken_at)
+        return _HttpxResponse(
+            response, response.status_code, timeout_s, self.limits.max_body_bytes, slots, taken_at
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
