@@ -264,12 +264,15 @@ async def _start(
                 tracing.tracer, project_resolver(callers), max_send_message_bytes=max_bytes
             )
         )
-    interceptors += [
-        MetricsInterceptor(max_send_message_bytes=max_bytes),
-        CallerInterceptor.from_settings(callers, settings),
-        LimitsInterceptor(settings, callers, routes),
-        RequestDecodingInterceptor(),
-    ]
+    interceptors.append(MetricsInterceptor(max_send_message_bytes=max_bytes))
+    # Each interceptor costs every call a coroutine: one with nothing to do is left out (no
+    # callers to check in development mode, no limits configured).
+    if not callers.development_mode:
+        interceptors.append(CallerInterceptor.from_settings(callers, settings))
+    limits = LimitsInterceptor(settings, callers, routes)
+    if limits.active:
+        interceptors.append(limits)
+    interceptors.append(RequestDecodingInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
