@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -18,17 +18,22 @@ from bench.measure import (
     BenchError,
     DirectTarget,
     GatewayTarget,
+    Order,
     Plan,
     Progress,
     Target,
     TargetData,
+    rotated,
     run_phases,
     warm_up,
 )
 from bench.processes import (
+    CURRENT,
+    Checkout,
     Service,
     ServiceError,
     Services,
+    baseline_checkout,
     log_rows,
     metric_samples,
     metric_sum,
@@ -38,7 +43,14 @@ from bench.processes import (
     wait_emulator_ready,
     wait_gateway_ready,
 )
-from bench.report import RecordingPair, build_report, markdown, print_report
+from bench.report import (
+    Baseline,
+    RecordingPair,
+    before,
+    build_report,
+    markdown,
+    print_report,
+)
 from bench.scaling import ManyStreamsData, WorkersData, many_streams_phase, workers_phase
 
 
@@ -49,6 +61,7 @@ class GatewaySpec:
     record_usage: bool
     main_table: bool  # compared with direct in the main table (and streamed)
     logging: bool = False  # request logging on (usage recording too)
+    checkout: Checkout = CURRENT  # the code it runs: the baseline's for a "before" twin
 
 
 # In this order in every round's rotation, so the aiohttp gateways mostly run one after
@@ -165,6 +178,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{SCALING_FULL['many_streams']}, {SCALING_QUICK['many_streams']} with --quick",
     )
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the tables here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout of the project with its own virtualenv (DIR/.venv): each "
+        "gateway is measured next to a twin started from DIR, in the same rounds, and every "
+        "target is shown before and after (the httpx gateway is left out)",
+    )
     args = parser.parse_args(argv)
     if args.recording and args.logging:
         parser.error("--recording and --logging are separate runs: choose one")
@@ -205,6 +226,7 @@ async def _measure(
     plan: Plan,
     progress: Progress,
     streams: bool,
+    order: Order,
 ) -> dict[str, TargetData]:
     targets: list[Target] = [DirectTarget(emulator.url, plan.concurrency, streams=streams)]
     targets += [
@@ -222,13 +244,30 @@ async def _measure(
     ]
     try:
         await warm_up(targets, plan, progress)
-        data = await run_phases(targets, plan, progress)
+        data = await run_phases(targets, plan, progress, order)
         for target in targets:
             data[target.name].calls = target.calls
         return data
     finally:
         for target in targets:
             await target.aclose()
+
+
+def twins_order(targets: list[Target], round_: int) -> list[Target]:
+    """A gateway and its baseline twin take their turns side by side, the pairs (and direct)
+    rotating like single targets do, and within a pair the order alternates from round to
+    round: neither twin always runs first."""
+    groups: list[list[Target]] = []
+    for target in targets:
+        if groups and target.name == before(groups[-1][0].name):
+            groups[-1].append(target)
+        else:
+            groups.append([target])
+    return [
+        target
+        for group in rotated(groups, round_)
+        for target in (group if round_ % 2 == 0 else group[::-1])
+    ]
 
 
 def _check_stores(
@@ -258,6 +297,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `with Services()` that stops children
 
 
+def _with_twins(specs: list[GatewaySpec], baseline: Checkout) -> list[GatewaySpec]:
+    """Each gateway followed by its twin from the baseline checkout, so that the two run one
+    after the other in most rounds; the httpx gateway is left out to keep the run short."""
+    return [
+        twin
+        for spec in specs
+        if spec.http_client != "httpx"
+        for twin in (spec, replace(spec, name=before(spec.name), checkout=baseline))
+    ]
+
+
 def run(args: argparse.Namespace, console: Console, log: Console) -> int:
     plan = _plan(args)
     started = time.monotonic()
@@ -268,8 +318,15 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
         specs, comparison = list(RECORDING_GATEWAYS), RECORDING
     else:
         specs, comparison = list(GATEWAYS), RECORDING_AND_LOGGING
+    baseline = baseline_checkout(args.baseline) if args.baseline else None
+    left_out: tuple[str, ...] = ()
+    if baseline is not None:
+        left_out = tuple(spec.name for spec in specs if spec.http_client == "httpx")
+        specs = _with_twins(specs, baseline)
     workers: WorkersData | None = None
     many: ManyStreamsData | None = None
+    old_workers: WorkersData | None = None
+    old_many: ManyStreamsData | None = None
 
     def progress(message: str) -> None:
         log.print(f"[dim]{time.monotonic() - started:6.1f}s  {message}[/dim]", highlight=False)
@@ -285,6 +342,7 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
                 emulator.url,
                 record_usage=spec.record_usage,
                 logging=spec.logging,
+                checkout=spec.checkout,
             )
             for spec in specs
         }
@@ -292,7 +350,8 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
             wait_gateway_ready(gateway)
         idle = {spec: rss_mib(gw.pid) for spec, gw in gateways.items()}
 
-        data = asyncio.run(_measure(emulator, gateways, plan, progress, not only_comparison))
+        order = twins_order if baseline else rotated
+        data = asyncio.run(_measure(emulator, gateways, plan, progress, not only_comparison, order))
 
         for spec, gateway in gateways.items():
             gateway.check_alive()
@@ -304,19 +363,44 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
         _check_stores(services, gateways, data)
         if not only_comparison and args.many_streams:
             many = many_streams_phase(services, emulator, args.many_streams, progress)
+            if baseline is not None:
+                old_many = many_streams_phase(
+                    services,
+                    emulator,
+                    args.many_streams,
+                    progress,
+                    checkout=baseline,
+                    name="gw-many-streams-before",
+                )
         if not only_comparison and not args.no_workers:
-            workers = workers_phase(
+            workers, old_workers = workers_phase(
                 services,
                 emulator,
                 rounds=args.workers_rounds,
                 requests=args.workers_requests,
                 concurrency=args.concurrency,
                 progress=progress,
+                baseline=baseline,
             )
     progress("done")
 
-    main_table = [] if only_comparison else [spec.name for spec in specs if spec.main_table]
-    report = build_report(data, plan, main_table, comparison, workers, many)
+    main_table = [
+        spec.name
+        for spec in specs
+        if spec.main_table and not only_comparison and spec.checkout is CURRENT
+    ]
+    comparison_of_runs = None
+    if baseline is not None:
+        comparison_of_runs = Baseline(
+            before=baseline.describe(),
+            after=CURRENT.describe(),
+            workers=old_workers,
+            many=old_many,
+            left_out=left_out,
+        )
+    report = build_report(
+        data, plan, main_table, comparison, workers, many, baseline=comparison_of_runs
+    )
     print_report(report, console)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ from bench.measure import (
     GatewayTarget,
     TargetData,
     _latency_block,
-    _rotated,
+    rotated,
 )
 from bench.processes import (
     HOST,
@@ -246,7 +246,7 @@ async def measure(
             for i in range(per_round):
                 # Call by call, each gateway in turn (the order rotating): drift and bursts
                 # of noise fall on all of them alike.
-                for member in _rotated(list(targets), round_ + i):
+                for member in rotated(list(targets), round_ + i):
                     samples[member.name] += await _latency_block(member.unary, 1, data[member.name])
             for target in targets:
                 target_data = data[target.name]

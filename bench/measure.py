@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 import grpc
@@ -48,6 +48,7 @@ DRAIN_TIMEOUT_S = 10.0
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
 
 Progress = Callable[[str], None]
+_T = TypeVar("_T")
 
 
 class BenchError(RuntimeError):
@@ -322,9 +323,13 @@ async def settle(target: Target, data: TargetData) -> None:
         await asyncio.sleep(0.05)
 
 
-def _rotated(targets: list[Target], shift: int) -> list[Target]:
-    shift %= len(targets)
+def rotated(targets: list[_T], round_: int) -> list[_T]:
+    """The targets' order in a round: shifted by one from round to round."""
+    shift = round_ % len(targets)
     return targets[shift:] + targets[:shift]
+
+
+Order = Callable[[list[Target], int], list[Target]]
 
 
 async def warm_up(targets: list[Target], plan: Plan, progress: Progress) -> None:
@@ -347,15 +352,16 @@ async def warm_up(targets: list[Target], plan: Plan, progress: Progress) -> None
 
 
 async def run_phases(
-    targets: list[Target], plan: Plan, progress: Progress
+    targets: list[Target], plan: Plan, progress: Progress, order: Order = rotated
 ) -> dict[str, TargetData]:
-    """All three phases, each in interleaved rounds; returns the raw samples per target."""
+    """All three phases, each in interleaved rounds, the targets taking their turns in
+    `order(targets, round)`; returns the raw samples per target."""
     data = {target.name: TargetData() for target in targets}
 
     progress(f"unary latency, c=1: {plan.latency_requests} calls per target")
     count = plan.per_round(plan.latency_requests)
     for round_ in range(plan.rounds):
-        for target in _rotated(targets, round_):
+        for target in order(targets, round_):
             target_data = data[target.name]
             target_data.latency_s.append(await _latency_block(target.unary, count, target_data))
             if isinstance(target, GatewayTarget):
@@ -364,7 +370,7 @@ async def run_phases(
 
     progress(f"throughput, c={plan.concurrency}: {plan.throughput_requests} calls per target")
     for round_ in range(plan.rounds):
-        for target in _rotated(targets, round_):
+        for target in order(targets, round_):
             cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
             block = await concurrent_block(
                 target.unary,
@@ -387,7 +393,7 @@ async def run_phases(
         f"{plan.streams} calls per target"
     )
     for round_ in range(plan.rounds):
-        for target in _rotated(streaming, round_):
+        for target in order(streaming, round_):
             calls = await _stream_block(target, plan.per_round(plan.streams), data[target.name])
             data[target.name].streams.append(calls)
             await settle(target, data[target.name])

@@ -79,6 +79,63 @@ class ServiceError(RuntimeError):
     """A process under test did not start, or died."""
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """A checkout of the project whose gateways the bench starts: its folder (the gateways'
+    working directory) and the Python of its virtualenv, whose `gemini_gateway` is that
+    folder's code."""
+
+    root: Path
+    python: str
+
+    def describe(self) -> str:
+        """The folder and its commit, e.g. `/src/before at 2bcf140` (`+ local changes` when
+        the working tree differs from it)."""
+        try:
+            commit = _git(self.root, "rev-parse", "--short", "HEAD")
+            changed = _git(self.root, "status", "--porcelain", "--untracked-files=no")
+        except (OSError, subprocess.CalledProcessError):
+            return f"{self.root} (commit unknown)"
+        return f"{self.root} at {commit}{' + local changes' if changed else ''}"
+
+
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
+CURRENT = Checkout(REPO_ROOT, sys.executable)
+
+
+def baseline_checkout(folder: Path) -> Checkout:
+    """Another checkout of the project with its own virtualenv (`folder/.venv`), checked to
+    run `folder`'s code: its `gemini_gateway.cli` must come from inside `folder`."""
+    root = folder.resolve()
+    python = root / ".venv" / "bin" / "python"
+    if not python.is_file():
+        raise ServiceError(f"{python} not found: the baseline needs its own virtualenv")
+    probe = "import importlib.util; print(importlib.util.find_spec('gemini_gateway.cli').origin)"
+    try:
+        found = subprocess.run(
+            [str(python), "-c", probe],
+            cwd=root,
+            env=_clean_env(root),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+    except subprocess.CalledProcessError as exc:
+        raise ServiceError(f"{python} cannot import gemini_gateway.cli:\n{exc.stderr}") from exc
+    if not Path(found).resolve().is_relative_to(root):
+        raise ServiceError(
+            f"{python} runs gemini_gateway from {found}, not from {root}: install the "
+            f"checkout into its virtualenv (pip install -e {root})"
+        )
+    return Checkout(root, str(python))
+
+
 def free_port() -> int:
     """A port the kernel just handed out; it stays free until a child binds it (tiny race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -150,12 +207,16 @@ class Services:
         return self._dir
 
     def _popen(
-        self, name: str, command: list[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> subprocess.Popen[bytes]:
         with (self._dir / f"{name}.log").open("wb") as log:
             return subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 env={**self._env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -166,9 +227,14 @@ class Services:
             )
 
     def _spawn(
-        self, name: str, args: list[str], port: int, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        checkout: Checkout = CURRENT,
     ) -> Service:
-        process = self._popen(name, [sys.executable, *args], env)
+        process = self._popen(name, [checkout.python, *args], env, checkout.root)
         service = Service(name, process, port, self._dir / f"{name}.log")
         self.started.append(service)
         return service
@@ -196,11 +262,14 @@ class Services:
         logging: bool = False,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        checkout: Checkout = CURRENT,
     ) -> Service:
         """A gateway with default settings except the upstream, its own temporary store and
         a metrics port; `record_usage=False` turns the usage recorder off, `logging=True`
         logs every call (with a limit no bench run reaches), `workers` processes share the
-        port; `env` adds settings (GEMINI_GATEWAY_* variables)."""
+        port; `env` adds settings (GEMINI_GATEWAY_* variables). `checkout` is the code it
+        runs: its Python, in its folder, with the same arguments and settings; every option
+        and setting used here exists in the gateways the bench compares."""
         port, metrics_port = free_port(), free_port()
         store_path = self._dir / f"{name}.db"
         settings = {"GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{store_path}"}
@@ -215,7 +284,7 @@ class Services:
         # The console on a free port rather than 8080, which other programs may be using.
         args += ["--metrics-port", str(metrics_port), "--console-port", "0"]
         args += ["--workers", str(workers)]
-        service = self._spawn(name, args, port, settings)
+        service = self._spawn(name, args, port, settings, checkout)
         service.store_path = store_path
         service.metrics_port = metrics_port
         service.record_usage = record_usage

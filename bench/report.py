@@ -6,7 +6,7 @@ import math
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 
@@ -132,6 +132,92 @@ def _label(gateway: str) -> str:
     return gateway.removeprefix("gw ")
 
 
+# --- before and after (--baseline) ----------------------------------------------------------
+
+BEFORE = " before"
+
+
+def before(name: str) -> str:
+    """The name of `name`'s twin, the same gateway started from the baseline checkout."""
+    return name + BEFORE
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A run with a baseline checkout: its gateways are in the main phases' data as
+    `before(name)`; its workers and many-streams phases are here."""
+
+    before: str  # the baseline checkout, described (folder and commit)
+    after: str  # this checkout, described
+    workers: WorkersData | None = None
+    many: ManyStreamsData | None = None
+    left_out: tuple[str, ...] = ()  # gateways a run without a baseline has and this one not
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure measured before and after: a row of the before/after table, and the
+    "(before ..., change)" beside a target's figure."""
+
+    name: str
+    before: float
+    after: float
+    unit: str  # "ms", "µs", "MiB", "req/s", "x", "%" (a ratio shown in percent), "" (a count)
+    relative: bool  # change as after / before - 1; otherwise after - before
+    signed: bool = False  # an added latency: shown with its sign
+    goal: str = "—"
+    met: bool | None = None  # the after figure's verdict; None when it is not judged
+
+    def value(self, value: float) -> str:
+        if math.isnan(value):
+            return "—"
+        if self.unit == "%":
+            return f"{value:.1%}"
+        if self.unit == "x":
+            return f"{value:.2f}x"
+        digits = 2 if self.unit == "ms" else 1 if self.unit == "MiB" else 0
+        text = f"{value:+.{digits}f}" if self.signed else f"{value:.{digits}f}"
+        return f"{text} {self.unit}" if self.unit else text
+
+    @property
+    def change(self) -> str:
+        if math.isnan(self.before) or math.isnan(self.after):
+            return "—"
+        if self.relative:
+            return f"{self.after / self.before - 1:+.0%}" if self.before else "—"
+        difference = self.after - self.before
+        if self.unit == "%":
+            return f"{difference * 100:+.1f} points"
+        if self.unit == "x":
+            return f"{difference:+.2f}x"
+        digits = 2 if self.unit == "ms" else 1 if self.unit == "MiB" else 0
+        return f"{difference:+.{digits}f}" + (f" {self.unit}" if self.unit else "")
+
+    @property
+    def was(self) -> str:
+        """What goes after the current figure in a target line."""
+        return f"before {self.value(self.before)}, {self.change}"
+
+
+def _before_after_table(figures: list[Figure], baseline: Baseline) -> TableData:
+    rows = [
+        [
+            f.name,
+            f.goal,
+            f.value(f.before),
+            f.value(f.after),
+            f.change,
+            "—" if f.met is None else _verdict(f.met),
+        ]
+        for f in figures
+    ]
+    return TableData(
+        f"Before ({baseline.before}) and after ({baseline.after})",
+        ["measure", "target", "before", "after", "change", "after: target"],
+        rows,
+    )
+
+
 # --- the report --------------------------------------------------------------------------
 
 
@@ -247,9 +333,12 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def _added_target_lines(data: dict[str, TargetData], gateways: list[str]) -> list[str]:
+def _added_target_lines(
+    data: dict[str, TargetData], gateways: list[str], figures: list[Figure]
+) -> list[str]:
     """Added unary p50/p99 and TTFC p50, judged on the first (default) gateway; the others
-    are shown beside it."""
+    are shown beside it, and its twin's figures when the run has a baseline (also appended
+    to `figures`)."""
     direct = data[DIRECT]
 
     def added(metric: Callable[[TargetData], float], gateway: str) -> float:
@@ -272,38 +361,81 @@ def _added_target_lines(data: dict[str, TargetData], gateways: list[str]) -> lis
     a50, a99, attfc = added(p50, first), added(p99, first), added(ttfc, first)
     unary_ok = a50 <= TARGET_ADDED_P50_MS and a99 <= TARGET_ADDED_P99_MS  # False for nan
     ttfc_ok = attfc <= TARGET_ADDED_TTFC_P50_MS
+    was_unary = was_ttfc = ""
+    if before(first) in data:
+        twin = before(first)
+        f50, f99, fttfc = (
+            Figure(
+                name, added(metric, twin), value, "ms", False, True, f"≤ {goal:g}", value <= goal
+            )
+            for name, metric, value, goal in (
+                ("added unary p50 (ms), c=1", p50, a50, TARGET_ADDED_P50_MS),
+                ("added unary p99 (ms), c=1", p99, a99, TARGET_ADDED_P99_MS),
+                ("added stream TTFC p50 (ms)", ttfc, attfc, TARGET_ADDED_TTFC_P50_MS),
+            )
+        )
+        figures += [f50, f99, fttfc]
+        was_unary = (
+            f"; before {f50.before:+.2f} / {f99.before:+.2f} ms, "
+            f"{f50.after - f50.before:+.2f} / {f99.after - f99.before:+.2f} ms"
+        )
+        was_ttfc = f"; {fttfc.was}"
     return [
         f"added unary p50 ≤ {TARGET_ADDED_P50_MS:g} ms and p99 ≤ {TARGET_ADDED_P99_MS:g} ms, "
         f"c=1: {_verdict(unary_ok)} ({_label(first)} {a50:+.2f} / {a99:+.2f} ms"
         + others(lambda g: f"{added(p50, g):+.2f} / {added(p99, g):+.2f} ms")
+        + was_unary
         + ")",
         f"added stream TTFC p50 ≤ {TARGET_ADDED_TTFC_P50_MS:g} ms: {_verdict(ttfc_ok)} "
-        f"({_label(first)} {attfc:+.2f} ms" + others(lambda g: f"{added(ttfc, g):+.2f} ms") + ")",
+        f"({_label(first)} {attfc:+.2f} ms"
+        + others(lambda g: f"{added(ttfc, g):+.2f} ms")
+        + was_ttfc
+        + ")",
     ]
 
 
 def _cpu_target_line(
-    data: dict[str, TargetData], gateways: list[str], workers: WorkersData | None
+    data: dict[str, TargetData],
+    gateways: list[str],
+    workers: WorkersData | None,
+    baseline: Baseline | None,
+    figures: list[Figure],
 ) -> str | None:
     """Judged on the workers phase's single worker, where the gateway is what saturates the
-    machine; on the main table's default gateway when that phase did not run."""
-    figures = []
+    machine; on the main table's default gateway when that phase did not run. With a
+    baseline, each figure has the baseline's beside it (and goes to `figures`)."""
+    goal = f"≤ {TARGET_CPU_PER_CALL_US:g}"
+    texts = []
     judged: float | None = None
+
+    def compared(name: str, after: float, was: float | None, is_judged: bool) -> str:
+        if was is None:
+            return ""
+        met = after <= TARGET_CPU_PER_CALL_US if is_judged else None
+        figure = Figure(name, was, after, "µs", True, goal=goal if is_judged else "—", met=met)
+        figures.append(figure)
+        return f" ({figure.was})"
+
     if workers is not None and workers.blocks.get(1):
         judged = _per_call_us(workers.blocks[1], lambda b: b.gateway_cpu_s)
-        figures.append(
-            f"{judged:.0f} µs: 1 worker, c={workers.concurrency}, load from "
-            f"{workers.load_generator}"
-        )
+        old = baseline.workers if baseline else None
+        was = _per_call_us(old.blocks[1], lambda b: b.gateway_cpu_s) if old else None
+        where = f"1 worker, c={workers.concurrency}, load from {workers.load_generator}"
+        name = f"gateway CPU per unary call (µs), {where}"
+        texts.append(f"{judged:.0f} µs: {where}" + compared(name, judged, was, True))
     if gateways:
         main = cpu_us_per_request(data[gateways[0]])
-        figures.append(f"{main:.0f} µs: {_label(gateways[0])} in the main table")
+        twin = data.get(before(gateways[0]))
+        was = cpu_us_per_request(twin) if twin else None
+        where = f"{_label(gateways[0])} in the main table"
+        name = f"gateway CPU per unary call (µs), {where}"
+        texts.append(f"{main:.0f} µs: {where}" + compared(name, main, was, judged is None))
         judged = main if judged is None else judged
     if judged is None:
         return None
     return (
         f"gateway CPU per forwarded unary call ≤ {TARGET_CPU_PER_CALL_US:g} µs: "
-        f"{_verdict(judged <= TARGET_CPU_PER_CALL_US)} ({'; '.join(figures)})"
+        f"{_verdict(judged <= TARGET_CPU_PER_CALL_US)} ({'; '.join(texts)})"
     )
 
 
@@ -462,8 +594,9 @@ def _recording_notes(data: dict[str, TargetData], pair: RecordingPair) -> list[s
     ratios = [a / b for a, b in zip(throughput_rounds(on), throughput_rounds(off), strict=True)]
     above = sum(r >= pair.target for r in ratios)
     cpu = [a - b for a, b in zip(cpu_rounds(on), cpu_rounds(off), strict=True)]
+    which = " (before)" if pair.on.endswith(BEFORE) else ""
     return [
-        f"{pair.title} on/off throughput per round, a noise gauge: "
+        f"{pair.title} on/off throughput per round{which}, a noise gauge: "
         f"{_range(ratios, '{:.1%}')}, median {percentile(ratios, 50):.1%} "
         f"(≥ {pair.target:.0%} in {above}/{len(ratios)} rounds); "
         f"CPU per request on - off per round: {_range(cpu, '{:+.0f}')} µs, "
@@ -471,15 +604,65 @@ def _recording_notes(data: dict[str, TargetData], pair: RecordingPair) -> list[s
     ]
 
 
-def _recording_target(data: dict[str, TargetData], pair: RecordingPair) -> str:
+def _twin_pair(pair: RecordingPair) -> RecordingPair:
+    """The same comparison between the baseline's gateways."""
+    middle = before(pair.middle) if pair.middle else None
+    return replace(pair, on=before(pair.on), off=before(pair.off), middle=middle)
+
+
+def _middle_share(data: dict[str, TargetData], pair: RecordingPair) -> float:
+    assert pair.middle is not None
+    return throughput_rps(data[pair.middle]) / throughput_rps(data[pair.off])
+
+
+def _recording_target(
+    data: dict[str, TargetData], pair: RecordingPair, figures: list[Figure]
+) -> str:
+    """Judged on this checkout's pair; with a baseline, its pair's figures beside them
+    (and in `figures`)."""
     ratio = recording_ratio(data, pair)
-    middle = ""
+    twin = _twin_pair(pair)
+    has_twin = twin.on in data and twin.off in data
+    middle = was = ""
     if pair.middle:
-        share = throughput_rps(data[pair.middle]) / throughput_rps(data[pair.off])
-        middle = f"; {pair.middle_label}: {share:.1%}"
+        middle = f"; {pair.middle_label}: {_middle_share(data, pair):.1%}"
+    if has_twin:
+        goal = f"≥ {pair.target:.0%}"
+        judged = Figure(
+            f"throughput, {pair.feature} on / off",
+            recording_ratio(data, twin),
+            ratio,
+            "%",
+            False,
+            goal=goal,
+            met=ratio >= pair.target,
+        )
+        figures.append(judged)
+        was = f"; {judged.was}"
+        if pair.middle:
+            share = Figure(
+                f"throughput, {pair.middle_label} / {pair.feature} off",
+                _middle_share(data, twin),
+                _middle_share(data, pair),
+                "%",
+                False,
+            )
+            figures.append(share)
+            was += f"; {pair.middle_label} {share.was}"
+        on, off = data[pair.on], data[pair.off]
+        figures.append(
+            Figure(
+                f"gateway CPU per call (µs), {pair.feature} on - off",
+                cpu_us_per_request(data[twin.on]) - cpu_us_per_request(data[twin.off]),
+                cpu_us_per_request(on) - cpu_us_per_request(off),
+                "µs",
+                False,
+                signed=True,
+            )
+        )
     return (
         f"{pair.feature} on: throughput ≥ {pair.target:.0%} of off: "
-        f"{_verdict(ratio >= pair.target)} ({ratio:.1%}{middle})"
+        f"{_verdict(ratio >= pair.target)} ({ratio:.1%}{middle}{was})"
     )
 
 
@@ -537,7 +720,7 @@ def workers_ratio(workers: WorkersData) -> float:
     return two / one
 
 
-def _workers_table(workers: WorkersData) -> TableData:
+def _workers_table(workers: WorkersData, which: str = "") -> TableData:
     one, two = (workers.blocks[n] for n in WORKER_COUNTS)
     both = (one, two)
     rows = [
@@ -583,12 +766,14 @@ def _workers_table(workers: WorkersData) -> TableData:
     ]
     title = (
         f"Gateway workers, unary at c={workers.concurrency} (load: {workers.load_generator}; "
-        f"upstream: {workers.upstream})"
+        f"upstream: {workers.upstream}){which}"
     )
     return TableData(title, ["measure", "1 worker", "2 workers", "2 vs 1"], rows)
 
 
-def _workers_notes(workers: WorkersData) -> list[str]:
+def _workers_notes(workers: WorkersData, which: str = "") -> list[str]:
+    """The per-round ratios; `which` names the baseline's gateways, whose phase shares the
+    load generator and upstream (and their notes) with this checkout's."""
     one, two = (workers.blocks[n] for n in WORKER_COUNTS)
     ratios = [
         (b2.ok / b2.seconds) / (b1.ok / b1.seconds)
@@ -597,62 +782,115 @@ def _workers_notes(workers: WorkersData) -> list[str]:
     ]
     above = sum(r >= TARGET_WORKERS_RATIO for r in ratios)
     notes = [
-        f"Workers 2 vs 1 throughput per round, a noise gauge: {_range(ratios, '{:.2f}x')}, "
-        f"median {percentile(ratios, 50):.2f}x (≥ {TARGET_WORKERS_RATIO:g}x in "
-        f"{above}/{len(ratios)} rounds)",
-        *workers.notes,
+        f"Workers 2 vs 1 throughput per round{which}, a noise gauge: "
+        f"{_range(ratios, '{:.2f}x')}, median {percentile(ratios, 50):.2f}x "
+        f"(≥ {TARGET_WORKERS_RATIO:g}x in {above}/{len(ratios)} rounds)",
+        *([] if which else workers.notes),
     ]
     if workers.first_error:
-        notes.append(f"workers phase, first error: {workers.first_error}")
+        notes.append(f"workers phase{which}, first error: {workers.first_error}")
     return notes
 
 
-def _workers_target(workers: WorkersData) -> str:
+def _workers_target(workers: WorkersData, old: WorkersData | None, figures: list[Figure]) -> str:
+    """Judged on this checkout's gateways; with a baseline (`old`), its ratio beside it."""
     ratio = workers_ratio(workers)
     two = workers.blocks[2]
     spare = _cpus() - _cores(two, lambda b: b.load_cpu_s + b.upstream_cpu_s)
+    was = ""
+    if old is not None:
+        goal = f"≥ {TARGET_WORKERS_RATIO:g}x"
+        met = ratio >= TARGET_WORKERS_RATIO
+        judged = Figure(
+            "throughput, 2 workers / 1", workers_ratio(old), ratio, "x", False, False, goal, met
+        )
+        was = f", {judged.was}"
+        figures.append(judged)
+        figures += [
+            Figure(
+                f"throughput (req/s), {n} worker{'s' if n > 1 else ''}, c={workers.concurrency}",
+                _workers_rps(old.blocks[n]),
+                _workers_rps(workers.blocks[n]),
+                "req/s",
+                True,
+            )
+            for n in WORKER_COUNTS
+        ]
     return (
         f"two workers ≥ {TARGET_WORKERS_RATIO:g}x the throughput of one: "
-        f"{_verdict(ratio >= TARGET_WORKERS_RATIO)} ({ratio:.2f}x; load generator and "
+        f"{_verdict(ratio >= TARGET_WORKERS_RATIO)} ({ratio:.2f}x{was}; load generator and "
         f"upstream left {spare:.2f} of {_cpus()} cores to the gateway)"
     )
 
 
-def _many_streams_table(many: ManyStreamsData) -> TableData:
-    result = many.result
-    errors = ", ".join(f"{name} {n}" for name, n in result.errors.items()) or "none"
+def _many_streams_table(columns: dict[str, ManyStreamsData]) -> TableData:
+    """One column per run of the phase: "value", or "after" and "before"."""
+    runs = list(columns.values())
+
+    def errors(many: ManyStreamsData) -> str:
+        return ", ".join(f"{name} {n}" for name, n in many.result.errors.items()) or "none"
+
+    def row(measure: str, cell: Callable[[ManyStreamsData], str]) -> list[str]:
+        return [measure, *(cell(many) for many in runs)]
+
     rows = [
-        ["streams OK / opened", f"{result.ok} / {result.count}"],
-        ["errors by status", errors],
-        ["client created every call (s)", _num(result.create_s)],
-        ["streams live at once, at most", str(result.peak_live)],
-        ["every stream had its first chunk (s)", _num(result.first_chunks_s)],
-        ["the last stream ended (s)", _num(result.finish_s)],
-        [
+        row("streams OK / opened", lambda m: f"{m.result.ok} / {m.result.count}"),
+        row("errors by status", errors),
+        row("client created every call (s)", lambda m: _num(m.result.create_s)),
+        row("streams live at once, at most", lambda m: str(m.result.peak_live)),
+        row("every stream had its first chunk (s)", lambda m: _num(m.result.first_chunks_s)),
+        row("the last stream ended (s)", lambda m: _num(m.result.finish_s)),
+        row(
             "time to first chunk p50 / p99 (ms)",
-            f"{_num(result.ttfc_p50_ms, 0)} / {_num(result.ttfc_p99_ms, 0)}",
-        ],
-        ["gateway RSS before (MiB)", _num(many.rss_idle_mib, 1)],
-        ["gateway RSS peak (MiB)", _num(many.rss_peak_mib, 1)],
+            lambda m: f"{_num(m.result.ttfc_p50_ms, 0)} / {_num(m.result.ttfc_p99_ms, 0)}",
+        ),
+        row("gateway RSS before (MiB)", lambda m: _num(m.rss_idle_mib, 1)),
+        row("gateway RSS peak (MiB)", lambda m: _num(m.rss_peak_mib, 1)),
     ]
     title = (
-        f"{many.count} streams opened at once, one worker ({MANY_CHUNKS} chunks "
+        f"{runs[0].count} streams opened at once, one worker ({MANY_CHUNKS} chunks "
         f"{MANY_CHUNK_DELAY_MS:g} ms apart)"
     )
-    return TableData(title, ["measure", "value"], rows)
+    return TableData(title, ["measure", *columns], rows)
 
 
-def _many_streams_target(many: ManyStreamsData) -> str:
+def _many_streams_target(
+    many: ManyStreamsData, old: ManyStreamsData | None, figures: list[Figure]
+) -> str:
+    """Judged on this checkout's gateway; with a baseline (`old`), its figures beside."""
     errors = many.result.error_count
+    judged = many.count >= TARGET_MANY_STREAMS
     met = errors == 0 and many.rss_peak_mib < TARGET_PEAK_RSS_MIB
-    figures = f"{errors} errors, peak RSS {many.rss_peak_mib:.0f} MiB"
+    text = f"{errors} errors, peak RSS {many.rss_peak_mib:.0f} MiB"
+    if old is not None:
+        text += f"; before {old.result.error_count} errors, peak RSS {old.rss_peak_mib:.0f} MiB"
+        figures += [
+            Figure(
+                f"{many.count} streams at once: errors",
+                old.result.error_count,
+                errors,
+                "",
+                False,
+                goal="0",
+                met=errors == 0 if judged else None,
+            ),
+            Figure(
+                f"{many.count} streams at once: gateway RSS peak (MiB)",
+                old.rss_peak_mib,
+                many.rss_peak_mib,
+                "MiB",
+                True,
+                goal=f"< {TARGET_PEAK_RSS_MIB:g}",
+                met=many.rss_peak_mib < TARGET_PEAK_RSS_MIB if judged else None,
+            ),
+        ]
     limit = (
         f"{TARGET_MANY_STREAMS} streams opened at once through one worker: 0 errors, RSS < "
         f"{TARGET_PEAK_RSS_MIB:g} MiB"
     )
-    if many.count < TARGET_MANY_STREAMS:
-        return f"{limit}: not judged ({many.count} streams in this run: {figures})"
-    return f"{limit}: {_verdict(met)} ({figures})"
+    if not judged:
+        return f"{limit}: not judged ({many.count} streams in this run: {text})"
+    return f"{limit}: {_verdict(met)} ({text})"
 
 
 def _meta(plan: Plan, streams: bool) -> str:
@@ -674,6 +912,33 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _main_figures(data: dict[str, TargetData], gateway: str, plan: Plan) -> list[Figure]:
+    """The main table's figures of `gateway` and its twin that no target is about."""
+    after, was = data[gateway], data[before(gateway)]
+
+    def mib(value: float | None) -> float:
+        return math.nan if value is None else value
+
+    return [
+        Figure("unary p50 (ms), c=1", unary_ms(was, 50), unary_ms(after, 50), "ms", False),
+        Figure("unary p99 (ms), c=1", unary_ms(was, 99), unary_ms(after, 99), "ms", False),
+        Figure(
+            f"throughput (req/s), c={plan.concurrency}",
+            throughput_rps(was),
+            throughput_rps(after),
+            "req/s",
+            True,
+        ),
+        Figure("stream TTFC p50 (ms)", ttfc_ms(was, 50), ttfc_ms(after, 50), "ms", False),
+        Figure(
+            "gateway RSS idle (MiB)", mib(was.rss_idle_mib), mib(after.rss_idle_mib), "MiB", True
+        ),
+        Figure(
+            "gateway RSS peak (MiB)", mib(was.rss_peak_mib), mib(after.rss_peak_mib), "MiB", True
+        ),
+    ]
+
+
 def build_report(
     data: dict[str, TargetData],
     plan: Plan,
@@ -681,57 +946,107 @@ def build_report(
     recording: RecordingPair | None = None,
     workers: WorkersData | None = None,
     many: ManyStreamsData | None = None,
+    baseline: Baseline | None = None,
 ) -> Report:
     """`gateways` are compared with direct in the main table (none: no main table), the
     first being the default one the targets are judged on; `recording` adds the on/off
-    table, its target and the store checks; `workers` and `many` their phases."""
+    table, its target and the store checks; `workers` and `many` their phases.
+
+    With a `baseline`, the gateways in `data` named `before(name)` are the baseline's twins
+    of `name`: they get columns and tables of their own, every target shows their figures
+    beside its own, and a before/after table sums them up. Their failures are reported but
+    do not fail the run: the bench judges the checkout it runs from."""
     tables, targets, notes = [], [], []
+    figures: list[Figure] = []
     failed = False
-    cpu_line = _cpu_target_line(data, gateways, workers)
+    cpu_line = _cpu_target_line(data, gateways, workers, baseline, figures)
     if cpu_line:
         targets.append(cpu_line)
     if gateways:
-        tables.append(_main_table(data, gateways, plan))
-        targets += _added_target_lines(data, gateways)
+        columns = [name for g in gateways for name in (g, before(g)) if name in data]
+        tables.append(_main_table(data, columns, plan))
+        targets += _added_target_lines(data, gateways, figures)
         notes.append(
             "Added unary p50 per round (ms), a noise gauge: "
-            + "; ".join(f"{_label(g)} {_range(_added_rounds(data, g))}" for g in gateways)
+            + "; ".join(f"{_label(g)} {_range(_added_rounds(data, g))}" for g in columns)
         )
         client_note = _client_note(data, gateways)
         if client_note:
             notes.append(client_note)
+    old_many = baseline.many if baseline else None
     if many is not None:
-        tables.append(_many_streams_table(many))
-        targets.append(_many_streams_target(many))
+        runs = {"after": many, "before": old_many} if old_many else {"value": many}
+        tables.append(_many_streams_table(runs))
+        targets.append(_many_streams_target(many, old_many, figures))
         if many.result.error_count:
             failed = True
             notes.append(
                 f"ERRORS: {many.result.error_count} of {many.count} streams opened at once failed"
             )
+        if old_many is not None and old_many.result.error_count:
+            notes.append(
+                f"ERRORS: {old_many.result.error_count} of {old_many.count} streams opened at "
+                f"once failed (before, not counted in the exit status)"
+            )
+    old_workers = baseline.workers if baseline else None
     if workers is not None:
         tables.append(_workers_table(workers))
-        targets.append(_workers_target(workers))
+        if old_workers is not None:
+            tables.append(_workers_table(old_workers, which=" — before"))
+        targets.append(_workers_target(workers, old_workers, figures))
         notes += _workers_notes(workers)
+        if old_workers is not None:
+            notes += _workers_notes(old_workers, which=" (before)")
         if workers.failed:
             failed = True
             notes.append(f"ERRORS: the workers phase failed {workers.failed} calls")
+        if old_workers is not None and old_workers.failed:
+            notes.append(
+                f"ERRORS: the workers phase failed {old_workers.failed} calls (before, not "
+                f"counted in the exit status)"
+            )
     if recording is not None:
+        twin = _twin_pair(recording)
+        has_twin = twin.on in data and twin.off in data
         tables.append(_recording_table(data, recording, plan))
-        targets.append(_recording_target(data, recording))
+        if has_twin:
+            tables.append(_recording_table(data, twin, plan))
+        targets.append(_recording_target(data, recording, figures))
         notes += _recording_notes(data, recording)
+        if has_twin:
+            notes += _recording_notes(data, twin)
+    if baseline is not None:
+        if gateways and before(gateways[0]) in data:
+            figures += _main_figures(data, gateways[0], plan)
+        if figures:
+            tables.append(_before_after_table(figures, baseline))
+        if baseline.left_out:
+            notes.append(
+                f"left out of this run to keep it short: {', '.join(baseline.left_out)} "
+                f"(a run without --baseline measures it)"
+            )
     for name, target in data.items():
         if target.store_rows is None:
             continue
-        recorded = recording is None or name != recording.off or recording.off_records_usage
-        notes.append(_store_note(name, target, recorded))
-        failed |= not _store_ok(target, recorded)
+        original = name.removesuffix(BEFORE)
+        recorded = recording is None or original != recording.off or recording.off_records_usage
+        counted, ok = not name.endswith(BEFORE), _store_ok(target, recorded)
+        failed |= counted and not ok
+        uncounted = "" if ok or counted else " (not counted in the exit status)"
+        notes.append(_store_note(name, target, recorded) + uncounted)
     for name, target in data.items():
         if target.errors:
-            failed = True
+            counted = not name.endswith(BEFORE)
+            failed |= counted
             notes.append(
-                f"ERRORS: {name} failed {target.errors} calls; first: {target.first_error}"
+                f"ERRORS: {name} failed {target.errors} calls"
+                + ("" if counted else " (not counted in the exit status)")
+                + f"; first: {target.first_error}"
             )
-    return Report(tables, targets, notes, _meta(plan, bool(gateways)), failed)
+    meta = _meta(plan, bool(gateways))
+    if baseline is not None:
+        meta += f"; before: {baseline.before}; after: {baseline.after}"
+    return Report(tables, targets, notes, meta, failed)
 
 
 def print_report(report: Report, console: Console) -> None:

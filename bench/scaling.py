@@ -8,7 +8,8 @@ from h2load (nghttp2's C load generator, posting a prepared gRPC frame) and the 
 nginx returning the emulator's answer, captured once, as a fixed body. When either is not
 installed the phase falls back to the bench's Python grpc.aio client or the emulator and says
 so. The CPU time of each part is measured, so the report shows how much of the machine each
-took and how much was left for the gateway.
+took and how much was left for the gateway. With a baseline checkout (`--baseline`), its
+1- and 2-worker gateways run through the phase too and take their turns in the same rounds.
 
 Many-streams phase. One gateway (one worker, an upstream pool larger than the count) gets
 `count` streaming calls opened at once by `bench.many_streams`; the phase reports their
@@ -39,7 +40,9 @@ from bench.measure import (
     concurrent_block,
 )
 from bench.processes import (
+    CURRENT,
     MODEL,
+    Checkout,
     Service,
     ServiceError,
     Services,
@@ -281,8 +284,10 @@ def workers_phase(
     requests: int,
     concurrency: int,
     progress: Progress,
-) -> WorkersData:
-    """Throughput and CPU of one and two workers, `requests` calls per block."""
+    baseline: Checkout | None = None,
+) -> tuple[WorkersData, WorkersData | None]:
+    """Throughput and CPU of one and two workers, `requests` calls per block; with a
+    `baseline`, the same for its gateways, in the same rounds (same load and upstream)."""
     h2load, nginx = find_tool("h2load"), find_tool("nginx")
     notes = []
     if nginx:
@@ -300,45 +305,60 @@ def workers_phase(
             "h2load not found: the load comes from the bench's Python client, which takes "
             "a large share of the cores (apt-get install nghttp2-client)"
         )
+    checkouts = {"": CURRENT, **({"-before": baseline} if baseline else {})}
+    # One gateway per checkout and worker count, all running through the phase.
     gateways = {
-        n: services.start_gateway(f"gw-{n}-workers", "aiohttp", upstream.url, workers=n)
+        (suffix, n): services.start_gateway(
+            f"gw-{n}-workers{suffix}", "aiohttp", upstream.url, workers=n, checkout=checkout
+        )
+        for suffix, checkout in checkouts.items()
         for n in WORKER_COUNTS
     }
     for gateway in gateways.values():
         wait_gateway_ready(gateway)
-    data = WorkersData(load.name, upstream_name, concurrency, notes=notes)
-    data.blocks = {n: [] for n in WORKER_COUNTS}
+    results = {
+        suffix: WorkersData(
+            load.name, upstream_name, concurrency, {n: [] for n in WORKER_COUNTS}, notes=list(notes)
+        )
+        for suffix in checkouts
+    }
     progress(
         f"workers, c={concurrency}: {requests} calls per block, {rounds} rounds, load from "
-        f"{load.name}, upstream {upstream_name}"
+        f"{load.name}, upstream {upstream_name}" + (", before and after" if baseline else "")
     )
+    keys = list(gateways)
 
     async def measure() -> None:
         try:
-            for gateway in gateways.values():  # warm-up: connections, pools, code paths
+            for (suffix, _n), gateway in gateways.items():  # warm-up: pools, code paths
+                data = results[suffix]
                 warm = await _workers_block(load, gateway, upstream, max(500, requests // 4), data)
                 if warm.ok != warm.calls or data.first_error:
                     raise BenchError(
                         f"workers warm-up: {warm.calls - warm.ok} of {warm.calls} calls to "
                         f"{gateway.name} failed; first error: {data.first_error}"
                     )
+            # The order rotates from round to round (with one checkout: 1, 2; 2, 1; ...).
             for round_ in range(rounds):
-                order = WORKER_COUNTS if round_ % 2 == 0 else WORKER_COUNTS[::-1]
-                for n in order:
-                    block = await _workers_block(load, gateways[n], upstream, requests, data)
+                shift = round_ % len(keys)
+                for suffix, n in keys[shift:] + keys[:shift]:
+                    data = results[suffix]
+                    block = await _workers_block(
+                        load, gateways[suffix, n], upstream, requests, data
+                    )
                     data.blocks[n].append(block)
         finally:
             if isinstance(load, PythonLoad):
                 await load.aclose()
 
     asyncio.run(measure())
-    for n, gateway in gateways.items():
+    for (suffix, n), gateway in gateways.items():
         gateway.check_alive()
-        data.dropped_events[n] = metric_sum(metric_samples(gateway), DROPPED_EVENTS)
+        results[suffix].dropped_events[n] = metric_sum(metric_samples(gateway), DROPPED_EVENTS)
         services.stop(gateway)
     if upstream is not emulator:
         services.stop(upstream)
-    return data
+    return results[""], results.get("-before")
 
 
 # --- many streams at once ----------------------------------------------------------------
@@ -353,16 +373,22 @@ class ManyStreamsData:
 
 
 def many_streams_phase(
-    services: Services, emulator: Service, count: int, progress: Progress
+    services: Services,
+    emulator: Service,
+    count: int,
+    progress: Progress,
+    checkout: Checkout = CURRENT,
+    name: str = "gw-many-streams",
 ) -> ManyStreamsData:
-    """`count` streams opened at once through one worker; statuses and peak RSS."""
+    """`count` streams opened at once through one worker of `checkout`'s gateway; statuses
+    and peak RSS."""
     progress(
-        f"{count} streams opened at once through one worker, {MANY_CHUNKS} chunks "
-        f"{MANY_CHUNK_DELAY_MS} ms apart"
+        f"{count} streams opened at once through one worker ({name}), {MANY_CHUNKS} chunks "
+        f"{MANY_CHUNK_DELAY_MS:g} ms apart"
     )
     # HTTP/1.1 upstream: one connection per live stream, so the pool must hold them all.
     pool = {"GEMINI_GATEWAY_MAX_CONNECTIONS": str(max(count, 256))}
-    gateway = services.start_gateway("gw-many-streams", "aiohttp", emulator.url, env=pool)
+    gateway = services.start_gateway(name, "aiohttp", emulator.url, env=pool, checkout=checkout)
     wait_gateway_ready(gateway)
 
     async def measure() -> tuple[ManyStreamsResult, float]:
