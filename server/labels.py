@@ -26,6 +26,7 @@ which keeps the path bounded (two such keys sharing their first 40 characters sh
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -122,6 +123,26 @@ def _value_problem(value: object) -> str | None:
 
 
 def _label_problem(key: object, value: object) -> str | None:
+    """One description of what is wrong with the label, or None when it is valid."""
+    if (
+        type(key) is str
+        and type(value) is str
+        and len(key) <= MAX_KEY_CHARS
+        and len(value) <= MAX_VALUE_CHARS
+    ):
+        return _short_label_problem(key, value)
+    return _checked_label_problem(key, value)
+
+
+# The same labels come with call after call: the verdicts on the latest few thousand pairs of
+# allowed length are kept, so most calls' labels cost one lookup each, not a check of every
+# character.
+@functools.lru_cache(maxsize=4096)
+def _short_label_problem(key: str, value: str) -> str | None:
+    return _checked_label_problem(key, value)
+
+
+def _checked_label_problem(key: object, value: object) -> str | None:
     problems = [p for p in (_key_problem(key), _value_problem(value)) if p]
     return "; ".join(problems) or None
 

@@ -12,6 +12,7 @@ also name upstream variables, values the upstream supplies itself (a project, a 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -92,9 +93,9 @@ class Route:
         JSON cannot express (validation.check_values names most such fields first).
         """
         for binding in self.bindings:
-            call = _transcode(binding, request)
+            call = _transcode(binding, request, self.method.full_name)
             if call is not None:
-                return replace(call, selector=self.method.full_name, request=request)
+                return call
         variables = self.bindings[0].variables
         raise UnroutableRequest(
             _no_binding_message(self, request), variables[0] if len(variables) == 1 else None
@@ -387,13 +388,33 @@ def _expand(
     binding: HttpBinding, request: Message, upstream_values: Mapping[str, str] | None = None
 ) -> str | None:
     """The binding's path for `request`, or None when a path field is empty or does not fit."""
-    values = {var: _field_value(request, var) for var in binding.variables}
-    if not all(values.values()):
+    values = tuple(_field_value(request, var) for var in binding.variables)
+    if not all(values):
         return None
-    quoted = {var: quote(value, safe="/") for var, value in values.items()}
-    for var in binding.upstream_variables:
+    upstream = tuple((upstream_values or {})[var] for var in binding.upstream_variables)
+    if sum(map(len, values)) + sum(map(len, upstream)) <= _REMEMBERED_PATH_CHARS:
+        return _remembered_path(binding, values, upstream)
+    return _path(binding, values, upstream)
+
+
+# Calls name the same few models again and again: the paths of the latest ones are kept
+# (short values only), so most calls skip the template's expansion and check.
+_REMEMBERED_PATH_CHARS = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_path(
+    binding: HttpBinding, values: tuple[str, ...], upstream: tuple[str, ...]
+) -> str | None:
+    return _path(binding, values, upstream)
+
+
+def _path(binding: HttpBinding, values: tuple[str, ...], upstream: tuple[str, ...]) -> str | None:
+    pairs = zip(binding.variables, values, strict=True)
+    quoted = {var: quote(value, safe="/") for var, value in pairs}
+    for var, value in zip(binding.upstream_variables, upstream, strict=True):
         # One path segment each: a '/' in a project id must not reach another segment.
-        quoted[var] = quote((upstream_values or {})[var], safe="")
+        quoted[var] = quote(value, safe="")
     path = path_template.expand(binding.template, **quoted)
     if not path_template.validate(binding.template, path):
         return None
@@ -412,7 +433,7 @@ def _request_json(request: Message) -> dict[str, Any]:
         raise UnroutableRequest("the request is nested too deeply to be sent as JSON") from None
 
 
-def _transcode(binding: HttpBinding, request: Message) -> HttpCall | None:
+def _transcode(binding: HttpBinding, request: Message, selector: str) -> HttpCall | None:
     path = _expand(binding, request)
     if path is None:
         return None
@@ -420,12 +441,12 @@ def _transcode(binding: HttpBinding, request: Message) -> HttpCall | None:
     for json_path in binding.json_paths:
         _pop_path(fields, json_path)
     if binding.body == "*":
-        return HttpCall(binding.verb, path, [], fields)
+        return HttpCall(binding.verb, path, [], fields, selector, request)
     body = None
     if binding.body:
         json_name = request.DESCRIPTOR.fields_by_name[binding.body].json_name
         body = fields.pop(json_name, {})
-    return HttpCall(binding.verb, path, _query_params(fields), body)
+    return HttpCall(binding.verb, path, _query_params(fields), body, selector, request)
 
 
 def _pop_path(fields: dict[str, Any], json_path: tuple[str, ...]) -> None:
