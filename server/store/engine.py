@@ -83,9 +83,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # durable across application crashes in WAL mode and much faster than FULL.
     cursor = dbapi_connection.cursor()
     try:
+        # First: switching to WAL needs the database to itself, and waits for a replica that
+        # is migrating it only as long as the busy timeout says.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()

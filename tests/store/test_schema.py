@@ -89,7 +89,15 @@ async def test_sqlite_connections_use_wal_and_busy_timeout(tmp_path: Path) -> No
 
 async def test_replicas_opening_at_once_do_not_race(fresh_url: FreshUrl) -> None:
     url = await fresh_url()
-    stores = await asyncio.gather(*(open_store(url) for _ in range(4)))
+    # Every opening ends before the test does, even when one fails: a migration left running
+    # would go on beside the next test's.
+    opened = await asyncio.gather(*(open_store(url) for _ in range(4)), return_exceptions=True)
+    stores = [store for store in opened if not isinstance(store, BaseException)]
+    failures = [store for store in opened if isinstance(store, BaseException)]
+    if failures:
+        for store in stores:
+            await store.close()
+        raise failures[0]
     try:
         async with stores[0].connect() as conn:
             rows = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
