@@ -11,10 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, TypeAlias
 
-import grpc
-
-from gemini_gateway.client.gateway_client import DEFAULT_TARGET
-from gemini_gateway.client.logs import ProjectClient, dataset_name, log_name
+from gemini_gateway.client.gateway_client import ProjectClient
+from gemini_gateway.client.logs import dataset_name, log_name
 from gemini_gateway.client.tuning import TunedModel, TuningClient, TuningOperation
 from gemini_gateway.generated.gemini.gateway.v1 import datasets_pb2, datasets_pb2_grpc
 
@@ -53,27 +51,8 @@ class DatasetClient(ProjectClient):
     by id or name. Construction is as for `LogClient` (target or channel, token, project).
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        api_key: str | None = None,
-        root_certificates: bytes | None = None,
-        secure: bool = False,
-        project: str | None = None,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            token=token,
-            api_key=api_key,
-            root_certificates=root_certificates,
-            secure=secure,
-            project=project,
-            channel=channel,
-        )
-        self.stub = datasets_pb2_grpc.DatasetServiceStub(self.channel)
+    stub_class = datasets_pb2_grpc.DatasetServiceStub
+    stub: datasets_pb2_grpc.DatasetServiceAsyncStub
 
     def dataset_name(self, dataset: str) -> str:
         """`dataset` (an id or a name) as a name under this client's project."""

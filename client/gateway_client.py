@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar
 
 import grpc
 
@@ -61,6 +62,62 @@ def call_metadata(api_key: str | None, token: str | None) -> tuple[tuple[str, st
     return tuple(metadata)
 
 
+OWN_PROJECT = "-"
+
+
+def project_name(project: str | None) -> str:
+    """`projects/{project}`; `projects/-` (the caller's own project) when None."""
+    return f"projects/{project or OWN_PROJECT}"
+
+
+def open_channel(
+    target: str, *, secure: bool = False, root_certificates: bytes | None = None
+) -> grpc.aio.Channel:
+    """A grpc.aio channel to `target`: TLS when `secure` or given root certificates."""
+    if secure or root_certificates:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return grpc.aio.secure_channel(target, credentials)
+    return grpc.aio.insecure_channel(target)
+
+
+class ProjectClient:
+    """A channel to the gateway, the caller's credentials, and the project to work on: the
+    base of the clients of the gateway's own services, each with its `stub_class`.
+
+    The gateway knows callers by their bearer token (`token`); without one, a gateway that
+    has no callers configured answers for its `default` project. `project` names the
+    project (the caller's own when None). Pass `channel` to use a channel you own; `close`
+    then leaves it open, so several clients can share one channel.
+    """
+
+    stub_class: ClassVar[type[Any]]
+    stub: Any
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        secure: bool = False,
+        project: str | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._owns_channel = channel is None
+        self.channel = channel or open_channel(
+            target, secure=secure, root_certificates=root_certificates
+        )
+        self.metadata = call_metadata(api_key, token)
+        self.project = project
+        self.parent = project_name(project)
+        self.stub = self.stub_class(self.channel)
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self.channel.close()
+
+
 class GatewayClient:
     """Async client (grpc.aio): one channel, stubs for the generative and model services."""
 
@@ -73,11 +130,7 @@ class GatewayClient:
         root_certificates: bytes | None = None,
         secure: bool = False,
     ) -> None:
-        if secure or root_certificates:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.aio.secure_channel(target, credentials)
-        else:
-            self.channel = grpc.aio.insecure_channel(target)
+        self.channel = open_channel(target, secure=secure, root_certificates=root_certificates)
         self._metadata = call_metadata(api_key, token)
         self.generative = generative_service_pb2_grpc.GenerativeServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)

@@ -20,14 +20,13 @@ from typing import Literal, TypeAlias
 
 import grpc
 
-from gemini_gateway.client.gateway_client import DEFAULT_TARGET
+from gemini_gateway.client.gateway_client import ProjectClient, project_name
 from gemini_gateway.generated.gemini.gateway.v1 import logs_pb2, logs_pb2_grpc
 
 Log: TypeAlias = logs_pb2.Log
 LoggingSettings: TypeAlias = logs_pb2.LoggingSettings
 AtLimit = Literal["stop_logging", "evict_oldest"]
 
-OWN_PROJECT = "-"
 _AT_LIMIT: dict[AtLimit, logs_pb2.AtLimitPolicy.ValueType] = {
     "stop_logging": logs_pb2.STOP_LOGGING,
     "evict_oldest": logs_pb2.EVICT_OLDEST,
@@ -50,11 +49,6 @@ def parse_duration(text: str) -> timedelta:
     if duration <= timedelta(0):
         raise ValueError(f"{text!r}: the duration must be more than zero")
     return duration
-
-
-def project_name(project: str | None) -> str:
-    """`projects/{project}`; `projects/-` (the caller's own project) when None."""
-    return f"projects/{project or OWN_PROJECT}"
 
 
 def _child_name(collection: str, value: str, project: str | None) -> str:
@@ -133,72 +127,14 @@ class LogTail:
         self.cancel()
 
 
-class ProjectClient:
-    """A channel to the gateway, the caller's credentials, and the project to work on.
+class LogClient(ProjectClient):
+    """Async client of gemini.gateway.v1.LogService; every call raises grpc.aio.AioRpcError.
 
-    The gateway knows callers by their bearer token (`token`); without one, a gateway that
-    has no callers configured answers for its `default` project. `project` names the
-    project (the caller's own when None). Pass `channel` to use a channel you own; `close`
-    then leaves it open, so several clients can share one channel.
+    Construction: see gateway_client.ProjectClient (target or channel, token, project).
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        api_key: str | None = None,
-        root_certificates: bytes | None = None,
-        secure: bool = False,
-        project: str | None = None,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        self._owns_channel = channel is None
-        if channel is not None:
-            self.channel = channel
-        elif secure or root_certificates:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.aio.secure_channel(target, credentials)
-        else:
-            self.channel = grpc.aio.insecure_channel(target)
-        metadata: list[tuple[str, str]] = []
-        if token:
-            metadata.append(("authorization", f"Bearer {token}"))
-        if api_key:
-            metadata.append(("x-goog-api-key", api_key))
-        self.metadata: tuple[tuple[str, str], ...] = tuple(metadata)
-        self.project = project
-        self.parent = project_name(project)
-
-    async def close(self) -> None:
-        if self._owns_channel:
-            await self.channel.close()
-
-
-class LogClient(ProjectClient):
-    """Async client of gemini.gateway.v1.LogService; every call raises grpc.aio.AioRpcError."""
-
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        api_key: str | None = None,
-        root_certificates: bytes | None = None,
-        secure: bool = False,
-        project: str | None = None,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            token=token,
-            api_key=api_key,
-            root_certificates=root_certificates,
-            secure=secure,
-            project=project,
-            channel=channel,
-        )
-        self.stub = logs_pb2_grpc.LogServiceStub(self.channel)
+    stub_class = logs_pb2_grpc.LogServiceStub
+    stub: logs_pb2_grpc.LogServiceAsyncStub
 
     def log_name(self, log: str) -> str:
         """`log` (an id or a name) as a name under this client's project."""

@@ -15,8 +15,8 @@ from typing import Any, Literal, TypeAlias
 import grpc
 from google.rpc import status_pb2
 
-from gemini_gateway.client.gateway_client import DEFAULT_TARGET, model_name
-from gemini_gateway.client.logs import ProjectClient, dataset_name
+from gemini_gateway.client.gateway_client import DEFAULT_TARGET, ProjectClient, model_name
+from gemini_gateway.client.logs import dataset_name
 from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2 as watch_pb2
 from gemini_gateway.generated.gemini.gateway.v1 import operations_pb2_grpc as watch_pb2_grpc
 from gemini_gateway.generated.gemini.gateway.v1 import runs_pb2, runs_pb2_grpc
@@ -147,6 +147,9 @@ class RunClient(ProjectClient):
     run it is watching for this client (seconds, at least 0.1).
     """
 
+    stub_class = runs_pb2_grpc.RunServiceStub
+    stub: runs_pb2_grpc.RunServiceAsyncStub
+
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
@@ -169,7 +172,6 @@ class RunClient(ProjectClient):
             channel=channel,
         )
         self.poll_interval = max(poll_interval, 0.1)
-        self.stub = runs_pb2_grpc.RunServiceStub(self.channel)
         self.watch = watch_pb2_grpc.OperationWatchServiceStub(self.channel)
 
     def run_name(self, run: str) -> str:

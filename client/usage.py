@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import grpc
-
-from gemini_gateway.client.gateway_client import DEFAULT_TARGET
+from gemini_gateway.client.gateway_client import ProjectClient
 from gemini_gateway.generated.gemini.gateway.v1 import usage_pb2, usage_pb2_grpc
 
 Bucket = Literal["hour", "day"]
@@ -158,42 +156,19 @@ def _row(message: usage_pb2.UsageRow, group_by: Sequence[str]) -> UsageRow:
     )
 
 
-class UsageClient:
+class UsageClient(ProjectClient):
     """Async client of gemini.gateway.v1.UsageService.
 
-    The gateway knows callers by their bearer token (`token`); without one, a gateway that
-    has no callers configured answers for its `default` project. `project` names the project
-    to read (the caller's own when None). Pass `channel` to use a channel you own; it is
-    then left open by `close`.
+    Construction: see gateway_client.ProjectClient (target or channel, token, project).
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        api_key: str | None = None,
-        root_certificates: bytes | None = None,
-        secure: bool = False,
-        project: str | None = None,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        self._owns_channel = channel is None
-        if channel is not None:
-            self.channel = channel
-        elif secure or root_certificates:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.aio.secure_channel(target, credentials)
-        else:
-            self.channel = grpc.aio.insecure_channel(target)
-        metadata: list[tuple[str, str]] = []
-        if token:
-            metadata.append(("authorization", f"Bearer {token}"))
-        if api_key:
-            metadata.append(("x-goog-api-key", api_key))
-        self._metadata = tuple(metadata)
-        self._parent = f"projects/{project}" if project else ""
-        self.stub = usage_pb2_grpc.UsageServiceStub(self.channel)
+    stub_class = usage_pb2_grpc.UsageServiceStub
+    stub: usage_pb2_grpc.UsageServiceAsyncStub
+
+    @property
+    def _parent(self) -> str:
+        """The project to read; empty (the caller's own) when none was named."""
+        return self.parent if self.project else ""
 
     async def query(
         self,
@@ -226,7 +201,7 @@ class UsageClient:
             request.end_time.FromDatetime(end.astimezone(UTC))
         rows: list[UsageRow] = []
         while True:
-            page = await self.stub.QueryUsage(request, metadata=self._metadata, timeout=timeout)
+            page = await self.stub.QueryUsage(request, metadata=self.metadata, timeout=timeout)
             rows.extend(_row(message, keys) for message in page.rows)
             if not page.next_page_token:
                 break
@@ -255,7 +230,7 @@ class UsageClient:
         )
         found: list[LabelCount] = []
         while True:
-            page = await self.stub.ListLabelKeys(request, metadata=self._metadata, timeout=timeout)
+            page = await self.stub.ListLabelKeys(request, metadata=self.metadata, timeout=timeout)
             found.extend(LabelCount(item.key, item.request_count) for item in page.label_keys)
             if not page.next_page_token:
                 return found
@@ -272,17 +247,11 @@ class UsageClient:
         )
         found: list[LabelCount] = []
         while True:
-            page = await self.stub.ListLabelValues(
-                request, metadata=self._metadata, timeout=timeout
-            )
+            page = await self.stub.ListLabelValues(request, metadata=self.metadata, timeout=timeout)
             found.extend(LabelCount(item.value, item.request_count) for item in page.label_values)
             if not page.next_page_token:
                 return found
             request.page_token = page.next_page_token
-
-    async def close(self) -> None:
-        if self._owns_channel:
-            await self.channel.close()
 
     async def __aenter__(self) -> UsageClient:
         return self
