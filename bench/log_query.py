@@ -29,23 +29,19 @@ import os
 import random
 import re
 import secrets
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from bench.stats import percentile
+from bench.stores import postgres_url, sqlite_url
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
 )
@@ -355,37 +351,6 @@ async def indexes_used(store: Store, filter_text: str, later: bool) -> str:
     if store.dialect == "sqlite" and re.search(r"SCAN request_logs(?! USING)(?!_fts)", plan):
         used.append("table scan")
     return ", ".join(used) or "-"
-
-
-@asynccontextmanager
-async def sqlite_url() -> AsyncIterator[str]:
-    folder = tempfile.mkdtemp(prefix="gw-bench-")
-    try:
-        yield f"sqlite+aiosqlite:///{Path(folder) / 'gateway.db'}"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@asynccontextmanager
-async def postgres_url(admin_url: str) -> AsyncIterator[str]:
-    admin = sa.make_url(admin_url).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    name = f"gw_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-            hide_password=False
-        )
-    finally:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def run_one(

@@ -19,22 +19,17 @@ import argparse
 import asyncio
 import os
 import random
-import secrets
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 
 from bench.stats import percentile
+from bench.stores import postgres_url, sqlite_url
 from gemini_gateway.server.pricing import LONG_PROMPT_TOKENS, PriceTable
 from gemini_gateway.server.store import Store, open_store
 from gemini_gateway.server.store.models import canonical_labels, labels_hash
@@ -209,37 +204,6 @@ async def table_sizes(store: Store) -> dict[str, int]:
                 (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar() or 0
             )
     return sizes
-
-
-@asynccontextmanager
-async def sqlite_url() -> AsyncIterator[str]:
-    folder = tempfile.mkdtemp(prefix="gw-bench-")
-    try:
-        yield f"sqlite+aiosqlite:///{Path(folder) / 'gateway.db'}"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@asynccontextmanager
-async def postgres_url(admin_url: str) -> AsyncIterator[str]:
-    admin = sa.make_url(admin_url).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    name = f"gw_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-            hide_password=False
-        )
-    finally:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def run_one(
