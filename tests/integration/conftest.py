@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -43,10 +44,18 @@ async def gateway(
     await gw.stop(0)
 
 
-@pytest.fixture(scope="session")
+# Module scope: a module that starts a gateway of its own (its `gateway` fixture) gets a
+# channel to that one, and these stubs with it.
+@pytest.fixture(scope="module")
 async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(gateway.target) as ch:
         yield ch
+
+
+@pytest.fixture
+def run() -> str:
+    """A label value unique to the test: its calls, and only they, carry it."""
+    return "r" + secrets.token_hex(6)
 
 
 @pytest.fixture

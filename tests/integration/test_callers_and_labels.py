@@ -64,17 +64,6 @@ async def gateway(
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
-@pytest.fixture
-def generative(channel: grpc.aio.Channel) -> generative_service_pb2_grpc.GenerativeServiceStub:
-    return generative_service_pb2_grpc.GenerativeServiceStub(channel)
-
-
 @pytest.fixture
 def usage(channel: grpc.aio.Channel) -> usage_pb2_grpc.UsageServiceStub:
     return usage_pb2_grpc.UsageServiceStub(channel)

@@ -73,20 +73,9 @@ async def gateway(tuning_emulator: EmulatorHandle, fresh_url: FreshUrl) -> Async
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
 @pytest.fixture
 def datasets(channel: grpc.aio.Channel) -> datasets_pb2_grpc.DatasetServiceStub:
     return datasets_pb2_grpc.DatasetServiceStub(channel)
-
-
-@pytest.fixture
-def generative(channel: grpc.aio.Channel) -> generative_service_pb2_grpc.GenerativeServiceStub:
-    return generative_service_pb2_grpc.GenerativeServiceStub(channel)
 
 
 @pytest.fixture

@@ -61,12 +61,6 @@ async def gateway(
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
 def _count(method: str, code: str) -> float:
     return (
         REGISTRY.get_sample_value("gateway_grpc_calls_total", {"method": method, "code": code})

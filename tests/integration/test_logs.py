@@ -10,7 +10,6 @@ module's shared store answers for that test's calls only.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,26 +77,9 @@ async def gateway(fresh_url: FreshUrl, tuning_emulator: EmulatorHandle) -> Async
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
-@pytest.fixture
-def generative(channel: grpc.aio.Channel) -> generative_service_pb2_grpc.GenerativeServiceStub:
-    return generative_service_pb2_grpc.GenerativeServiceStub(channel)
-
-
 @pytest.fixture
 def logs(channel: grpc.aio.Channel) -> logs_pb2_grpc.LogServiceStub:
     return logs_pb2_grpc.LogServiceStub(channel)
-
-
-@pytest.fixture
-def run() -> str:
-    """A label value unique to the test: its calls, and only they, carry it."""
-    return "r" + secrets.token_hex(6)
 
 
 async def flush(gateway: Gateway) -> None:

@@ -66,17 +66,6 @@ async def gateway(fresh_url: FreshUrl, emulator: EmulatorHandle) -> AsyncIterato
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
-@pytest.fixture
-def generative(channel: grpc.aio.Channel) -> generative_service_pb2_grpc.GenerativeServiceStub:
-    return generative_service_pb2_grpc.GenerativeServiceStub(channel)
-
-
 @pytest.fixture
 def logs(channel: grpc.aio.Channel) -> logs_pb2_grpc.LogServiceStub:
     return logs_pb2_grpc.LogServiceStub(channel)

@@ -7,7 +7,6 @@ module answers for that test's calls only.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -47,26 +46,9 @@ async def gateway(fresh_url: FreshUrl, emulator: EmulatorHandle) -> AsyncIterato
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
-@pytest.fixture
-def generative(channel: grpc.aio.Channel) -> generative_service_pb2_grpc.GenerativeServiceStub:
-    return generative_service_pb2_grpc.GenerativeServiceStub(channel)
-
-
 @pytest.fixture
 def usage(channel: grpc.aio.Channel) -> usage_pb2_grpc.UsageServiceStub:
     return usage_pb2_grpc.UsageServiceStub(channel)
-
-
-@pytest.fixture
-def run() -> str:
-    """A label value unique to the test: its calls, and only they, carry it."""
-    return "r" + secrets.token_hex(6)
 
 
 async def query(

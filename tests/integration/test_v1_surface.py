@@ -3,7 +3,6 @@ calls get their labels checked and are metered exactly as on v1beta."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -50,14 +49,9 @@ async def gateway(
     await gw.stop(0)
 
 
-@pytest.fixture(scope="module")
-async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(gateway.target) as ch:
-        yield ch
-
-
 @pytest.fixture
 def generative(channel: grpc.aio.Channel) -> generative_service_pb2_grpc.GenerativeServiceStub:
+    """The v1 GenerativeService (conftest's is v1beta's)."""
     return generative_service_pb2_grpc.GenerativeServiceStub(channel)
 
 
@@ -69,12 +63,6 @@ def models(channel: grpc.aio.Channel) -> model_service_pb2_grpc.ModelServiceStub
 @pytest.fixture
 def usage(channel: grpc.aio.Channel) -> usage_pb2_grpc.UsageServiceStub:
     return usage_pb2_grpc.UsageServiceStub(channel)
-
-
-@pytest.fixture
-def run() -> str:
-    """A label value unique to the test: its calls, and only they, carry it."""
-    return "r" + secrets.token_hex(6)
 
 
 def content(text: str) -> content_pb2.Content:
