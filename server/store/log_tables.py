@@ -3,8 +3,9 @@
 - `request_logs`: one row per logged GenerateContent / StreamGenerateContent call. The key is
   the gateway's own log id: 12 hex digits of the arrival time in milliseconds then 12 random
   hex digits, so ordering by id is ordering by arrival (newest first = id descending, one
-  index per project serves listing and paging). Request and response are kept as the proto3
-  JSON text the gateway exchanged; `search_text` holds the prompt and response text that
+  index per project serves listing and paging). Request and (merged) response are kept as
+  the messages' protobuf bytes, turned into proto3 JSON when read (rows written before
+  revision 0005 hold the JSON text instead); `search_text` holds the prompt and response text that
   free-text filters search (SQLite FTS5 / PostgreSQL full-text, set up by the migration).
 - `logging_settings`: a project's settings as changed through the API (NULL: the configured
   default) and its counters, kept in the store so every replica sees the same.
@@ -61,7 +62,11 @@ class RequestLog(Base):
     prompt_preview: Mapped[str] = mapped_column(sa.Text(), default="")
     response_preview: Mapped[str] = mapped_column(sa.Text(), default="")
     search_text: Mapped[str] = mapped_column(sa.Text(), default="")
-    # proto3 JSON text of the GenerateContentRequest and of the (merged) response.
+    # The GenerateContentRequest and the (merged) response, of the log's API version, as
+    # protobuf bytes (response: NULL when none came); JSON is made on read, not per call.
+    request_pb: Mapped[bytes | None] = mapped_column(sa.LargeBinary(), nullable=True)
+    response_pb: Mapped[bytes | None] = mapped_column(sa.LargeBinary(), nullable=True)
+    # The same as proto3 JSON text, in rows written before revision 0005 ("" since).
     request_json: Mapped[str] = mapped_column(sa.Text())
     response_json: Mapped[str] = mapped_column(sa.Text(), default="")
     # Streams: each chunk's arrival, in ms from the call's arrival (a JSON list of numbers).

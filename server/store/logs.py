@@ -1,11 +1,12 @@
 """Request logs: the recorder's writer and the queries behind the log service.
 
 Writing (`LogWriter`): each batch of `LogEvent`s becomes rows of `request_logs`, with the
-request and the (merged) response as proto3 JSON in the REST API's camelCase names, the
-previews, the finish reason and the text that free-text filters search. Each project's limit
-is enforced in the same transaction, under a lock on the project's `logging_settings` row, so
-replicas writing at once never overshoot it: under `stop_logging` what does not fit is
-skipped and counted, under `evict_oldest` the oldest logs in no dataset make room.
+request and the (merged) response as protobuf bytes (made into proto3 JSON, in the REST API's
+camelCase names, when a log is read: `stored_message_json`), the previews, the finish reason
+and the text that free-text filters search. Each project's limit is enforced in the same
+transaction, under a lock on the project's `logging_settings` row, so replicas writing at
+once never overshoot it: under `stop_logging` what does not fit is skipped and counted,
+under `evict_oldest` the oldest logs in no dataset make room.
 
 Reading: ListLogs' AIP-160 filter (the shared parser of server/filters.py) compiles to one
 condition over `request_logs`; listing is newest first (id descending, ids sort by arrival)
@@ -37,11 +38,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from gemini_gateway.generated.google.ai.generativelanguage.v1 import (
+    generative_service_pb2 as v1_generative,
+)
+from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
+    generative_service_pb2 as v1beta_generative,
+)
 from gemini_gateway.server import proto_json
 from gemini_gateway.server.filters import (
     And,
@@ -131,6 +138,37 @@ def _safe_text(text: str) -> str:
 def _to_json(message: Message) -> str:
     """proto3 JSON in the REST API's camelCase names, compact, UTF-8 kept as is."""
     return json.dumps(proto_json.to_dict(message), separators=(",", ":"), ensure_ascii=False)
+
+
+# The request and response classes of each API version, for the bytes a log keeps.
+_MESSAGE_CLASSES: dict[str, tuple[type[Message], type[Message]]] = {
+    "v1": (v1_generative.GenerateContentRequest, v1_generative.GenerateContentResponse),
+    "v1beta": (
+        v1beta_generative.GenerateContentRequest,
+        v1beta_generative.GenerateContentResponse,
+    ),
+}
+
+
+def stored_message_json(
+    api_version: str, data: bytes | None, text: str | None, *, response: bool = False
+) -> str:
+    """A logged request (`response=True`: response) as proto3 JSON text, "" for none.
+
+    Made from the message's protobuf bytes (`data`, rows written since revision 0005) with
+    its API version's class, the same JSON as the writer made before; else the JSON `text`
+    an older row kept. Bytes that do not parse read as none, with a warning.
+    """
+    if data is None:
+        return text or ""
+    classes = _MESSAGE_CLASSES.get(api_version, _MESSAGE_CLASSES["v1beta"])
+    message = classes[response]()
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        log.warning("a stored %s does not parse", "response" if response else "request")
+        return ""
+    return _to_json(message)
 
 
 def _is_text(part: Any) -> bool:
@@ -260,8 +298,8 @@ def _search_text(request: Any, response: Any) -> str:
 class _Derived:
     """What the writer stores of a call's messages beside its figures."""
 
-    request_json: str
-    response_json: str
+    request_pb: bytes
+    response_pb: bytes | None
     prompt_preview: str
     response_preview: str
     finish_reason: str
@@ -282,8 +320,8 @@ def _derive(event: LogEvent) -> _Derived:
             response_preview = _clean(text)[:PREVIEW_CHARS]
             finish_reason = _finish_reason(first)
     return _Derived(
-        request_json=_to_json(request),
-        response_json="" if response is None else _to_json(response),
+        request_pb=request.SerializeToString(),
+        response_pb=None if response is None else response.SerializeToString(),
         prompt_preview=_prompt_preview(request),
         response_preview=response_preview,
         finish_reason=finish_reason,
@@ -305,7 +343,8 @@ _LOG_COLUMNS = (
     "status", "error_message", "latency_ms", "first_chunk_ms", "prompt_tokens",
     "candidates_tokens", "cached_tokens", "thoughts_tokens", "tool_use_tokens", "total_tokens",
     "incomplete", "finish_reason", "response_id", "prompt_preview", "response_preview",
-    "search_text", "request_json", "response_json", "chunk_offsets_ms",
+    "search_text", "request_pb", "response_pb", "request_json", "response_json",
+    "chunk_offsets_ms",
 )  # fmt: skip
 # Rows per INSERT: a batch is cut into 64s, then the rest into powers of two, so at most seven
 # statement texts per dialect exist and the drivers' statement caches keep them all.
@@ -466,7 +505,7 @@ def _row(event: LogEvent, db: _Statements) -> tuple[Any, ...]:
         int(event.thoughts_tokens), int(event.tool_use_tokens), int(event.total_tokens),
         bool(event.incomplete), derived.finish_reason, derived.response_id,
         derived.prompt_preview, derived.response_preview, derived.search_text,
-        derived.request_json, derived.response_json, json.dumps(offsets),
+        derived.request_pb, derived.response_pb, "", "", json.dumps(offsets),
     )  # fmt: skip
 
 
@@ -815,7 +854,10 @@ _BASIC_COLUMNS = tuple(
     for name in LogRecord.__dataclass_fields__
     if name not in ("datasets", "full", "request_json", "response_json", "chunk_offsets_ms")
 )
-_FULL_COLUMNS = (*_BASIC_COLUMNS, "request_json", "response_json", "chunk_offsets_ms")
+_FULL_COLUMNS = (
+    *_BASIC_COLUMNS, "request_pb", "response_pb", "request_json", "response_json",
+    "chunk_offsets_ms",
+)  # fmt: skip
 # Bind parameters per `IN (...)` list: well below every driver's limit.
 _IN_CHUNK = 500
 
@@ -829,6 +871,13 @@ def _record(row: sa.Row[Any], full: bool) -> LogRecord:
     values["labels"] = dict(values["labels"] or {})
     if full:
         values["chunk_offsets_ms"] = list(values["chunk_offsets_ms"] or [])
+        version = values["api_version"]
+        values["request_json"] = stored_message_json(
+            version, values.pop("request_pb"), values["request_json"]
+        )
+        values["response_json"] = stored_message_json(
+            version, values.pop("response_pb"), values["response_json"], response=True
+        )
     return LogRecord(**values, full=full)
 
 

@@ -39,6 +39,7 @@ from gemini_gateway.server.store.log_tables import (
     RequestLog,
     RunResultRow,
 )
+from gemini_gateway.server.store.logs import stored_message_json
 from gemini_gateway.server.store.page_tokens import decode_page_token, encode_page_token
 
 RunMode = Literal["direct", "batch"]
@@ -293,7 +294,9 @@ def _original(row: Any) -> CallOutput:
     failed = row.status != "OK"
     return CallOutput(
         model=row.model,
-        text=first_candidate_text(row.response_json),
+        text=first_candidate_text(
+            stored_message_json(row.api_version, row.response_pb, row.response_json, response=True)
+        ),
         finish_reason=row.finish_reason,
         tokens=Tokens(
             row.prompt_tokens,
@@ -354,6 +357,8 @@ async def create_run(
             _logs.c.tool_use_tokens,
             _logs.c.total_tokens,
             _logs.c.finish_reason,
+            _logs.c.api_version,
+            _logs.c.response_pb,
             _logs.c.response_json,
         )
         .select_from(_members.join(_logs, _logs.c.id == _members.c.log_id))
@@ -419,7 +424,13 @@ async def run_requests(
 ) -> list[RunRequest]:
     """The run's requests after `after_position`, in order, with each log's request JSON."""
     query = (
-        sa.select(_results.c.log_id, _results.c.position, _logs.c.request_json)
+        sa.select(
+            _results.c.log_id,
+            _results.c.position,
+            _logs.c.api_version,
+            _logs.c.request_pb,
+            _logs.c.request_json,
+        )
         .select_from(
             _results.outerjoin(
                 _logs, sa.and_(_logs.c.id == _results.c.log_id, _logs.c.project == key.project)
@@ -431,7 +442,17 @@ async def run_requests(
     )
     async with store.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [RunRequest(row.log_id, row.position, row.request_json) for row in rows]
+    # A log deleted since the run was created has no row here: its request is None.
+    return [
+        RunRequest(
+            row.log_id,
+            row.position,
+            None
+            if row.api_version is None
+            else stored_message_json(row.api_version, row.request_pb, row.request_json),
+        )
+        for row in rows
+    ]
 
 
 async def set_run_state(

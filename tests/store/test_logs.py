@@ -397,6 +397,46 @@ async def test_v1_calls_are_logged_too(store: Store) -> None:
     assert names((await list_logs(store, "p1", filter_text="bonjour salut"))[0]) == [1]
 
 
+async def _stored_messages(store: Store, n: int) -> tuple[Any, ...]:
+    columns = (RequestLog.request_pb, RequestLog.response_pb, RequestLog.request_json)
+    async with store.connect() as conn:
+        row = (await conn.execute(sa.select(*columns).where(RequestLog.id == log_id(n)))).one()
+    return tuple(row)
+
+
+async def test_messages_are_kept_as_protobuf_bytes_and_read_as_json(store: Store) -> None:
+    sent = request("Ping")
+    sent.labels["team"] = "search"
+    answer = response("Pong")
+    await write(
+        store,
+        [event(1, request=sent, responses=[answer]), event(2, status="INTERNAL", responses=[])],
+    )
+    request_pb, response_pb, request_json = await _stored_messages(store, 1)
+    assert Request.FromString(request_pb) == sent
+    assert Response.FromString(response_pb) == answer
+    assert request_json == ""  # no JSON is made per call
+    # A call without an answer keeps no response bytes, and reads as no response.
+    assert (await _stored_messages(store, 2))[1] is None
+    [second, first] = await get_logs(store, "p1", [log_id(1), log_id(2)], full=True)
+    # The compact proto3 JSON the writer made before it kept bytes.
+    as_before = json.dumps(json_format.MessageToDict(sent), separators=(",", ":"))
+    assert first.request_json == as_before
+    assert json_format.Parse(first.response_json, Response()) == answer
+    assert second.response_json == ""
+
+
+async def test_bytes_that_do_not_parse_read_as_no_message(store: Store) -> None:
+    await write(store, [event(1)])
+    async with store.begin() as conn:
+        await conn.execute(
+            sa.update(RequestLog).where(RequestLog.id == log_id(1)).values(request_pb=b"\xff\xff")
+        )
+    [record] = await get_logs(store, "p1", [log_id(1)], full=True)
+    assert record.request_json == ""
+    assert json_format.Parse(record.response_json, Response()) == response()
+
+
 def test_merging_keeps_the_last_non_empty_value_of_every_other_field() -> None:
     first = Response(response_id="a", model_version="m-1")
     candidate = first.candidates.add(finish_reason=Candidate.STOP)
@@ -837,6 +877,50 @@ async def _search_objects(store: Store) -> set[str]:
         query = "SELECT indexname FROM pg_indexes WHERE indexname = 'ix_request_logs_search_text'"
     async with store.connect() as conn:
         return set((await conn.exec_driver_sql(query)).scalars())
+
+
+async def test_logs_written_before_the_bytes_revision_read_as_they_were(
+    fresh_url: FreshUrl,
+) -> None:
+    """Rows of revision 0004 kept JSON text; after the upgrade they read the same, next to
+    rows written with bytes."""
+    store = await open_store(await fresh_url())
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(_downgrade, "0004_tuned_model_owners")
+        old_request = '{"contents":[{"parts":[{"text":"from before"}],"role":"user"}]}'
+        old_response = '{"candidates":[{"content":{"parts":[{"text":"old answer"}]}}]}'
+        columns = {
+            "id": log_id(1), "project": "p1", "create_time": T0, "caller": "alice",
+            "model": "models/gemini-2.5-flash", "method": "GenerateContent",
+            "api_version": "v1beta", "labels": {}, "status": "OK", "error_message": "",
+            "latency_ms": 1.0, "first_chunk_ms": None, "prompt_tokens": 1,
+            "candidates_tokens": 1, "cached_tokens": 0, "thoughts_tokens": 0,
+            "tool_use_tokens": 0, "total_tokens": 2, "incomplete": False,
+            "finish_reason": "", "response_id": "", "prompt_preview": "from before",
+            "response_preview": "old answer", "search_text": "from before old answer",
+            "request_json": old_request, "response_json": old_response,
+            "chunk_offsets_ms": [],
+        }  # fmt: skip
+        old_table = sa.table(
+            "request_logs",
+            *(
+                sa.column(c.name, c.type)
+                for c in RequestLog.__table__.columns
+                if not c.name.endswith("_pb")
+            ),
+        )
+        async with store.begin() as conn:
+            await conn.execute(old_table.insert().values(**columns))
+        await upgrade(store.engine)
+        await write(store, [event(2, request=request("from after"))])
+
+        [new, old] = await get_logs(store, "p1", [log_id(1), log_id(2)], full=True)
+        assert (old.request_json, old.response_json) == (old_request, old_response)
+        assert json_format.Parse(new.request_json, Request()) == request("from after")
+        assert names((await list_logs(store, "p1", filter_text="before"))[0]) == [1]
+    finally:
+        await store.close()
 
 
 async def test_the_migration_sets_up_and_removes_free_text_search(fresh_url: FreshUrl) -> None:

@@ -42,7 +42,8 @@ LOG_TABLES = {
 }
 # Who created each tuned model and batch (revision 0004).
 TENANCY_TABLES = {"resource_owners"}
-HEAD = "0004_tuned_model_owners"
+# Request logs keep their messages as protobuf bytes (revision 0005).
+HEAD = "0005_log_messages_as_bytes"
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
