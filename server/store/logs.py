@@ -505,7 +505,7 @@ def _row(event: LogEvent, db: _Statements) -> tuple[Any, ...]:
         int(event.thoughts_tokens), int(event.tool_use_tokens), int(event.total_tokens),
         bool(event.incomplete), derived.finish_reason, derived.response_id,
         derived.prompt_preview, derived.response_preview, derived.search_text,
-        derived.request_pb, derived.response_pb, "", "", json.dumps(offsets),
+        derived.request_pb, derived.response_pb, "", "", json.dumps(offsets) if offsets else "[]",
     )  # fmt: skip
 
 
