@@ -5,8 +5,9 @@
   hex digits, so ordering by id is ordering by arrival (newest first = id descending, one
   index per project serves listing and paging). Request and (merged) response are kept as
   the messages' protobuf bytes, turned into proto3 JSON when read (rows written before
-  revision 0005 hold the JSON text instead); `search_text` holds the prompt and response text that
-  free-text filters search (SQLite FTS5 / PostgreSQL full-text, set up by the migration).
+  revision 0005 hold the JSON text instead); `search_text` holds the prompt and response
+  text that free-text filters search (SQLite FTS5 / PostgreSQL full-text, set up by the
+  migration).
 - `logging_settings`: a project's settings as changed through the API (NULL: the configured
   default) and its counters, kept in the store so every replica sees the same.
 - `datasets`, `dataset_logs`: named selections of a project's logs. A log in a dataset is
