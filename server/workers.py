@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -75,28 +76,62 @@ def resolve_workers(settings: Settings) -> int:
     return workers if workers > 0 else usable_cores()
 
 
-def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """The cores this process may run on (its CPU affinity), capped by the cgroup v2 CPU
-    limits of its cgroup and those above it: in a container, its CPU limit rather than the
-    node's cores."""
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"), own_cgroups: str | None = None) -> int:
+    """The cores this process may run on (its CPU affinity), capped by the CPU limits of its
+    cgroup and those above it, cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`): in a
+    container, its CPU limit rather than the node's cores. `own_cgroups` is the text of
+    /proc/self/cgroup (read when not given)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    try:
-        own = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return cores
-    path = next((line[3:] for line in own if line.startswith("0::")), "/")
-    group = cgroup_root / path.lstrip("/")
-    for folder in (group, *group.parents):
-        if not folder.is_relative_to(cgroup_root):
-            break
+    if own_cgroups is None:
         try:
-            quota, period = (folder / "cpu.max").read_text().split()[:2]
-            if quota != "max":
-                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-        except (OSError, ValueError):
-            continue  # no limit there
+            own_cgroups = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return cores
+    for quota, period in _cpu_quotas(cgroup_root, own_cgroups.splitlines()):
+        if quota > 0 and period > 0:
+            cores = min(cores, max(1, math.ceil(quota / period)))
     return cores
+
+
+def _cpu_quotas(cgroup_root: Path, own: list[str]) -> Iterator[tuple[int, int]]:
+    """(quota, period) in µs of each CPU limit set on the process's cgroups, v2 and v1."""
+    for line in own:
+        parts = line.split(":", 2)  # hierarchy id, controllers, path
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and not controllers:  # v2: one tree, cpu.max = "quota period"
+            for folder in _up_from(cgroup_root, path):
+                try:
+                    limit, period = (folder / "cpu.max").read_text().split()[:2]
+                    if limit != "max":
+                        yield int(limit), int(period)
+                except (OSError, ValueError):
+                    continue  # no limit there
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own tree
+            mount = next(
+                (cgroup_root / name for name in (controllers, "cpu", "cpu,cpuacct")
+                 if (cgroup_root / name).is_dir()),
+                None,
+            )  # fmt: skip
+            if mount is None:
+                continue
+            for folder in _up_from(mount, path):
+                try:
+                    quota_us = int((folder / "cpu.cfs_quota_us").read_text())  # -1: none
+                    yield quota_us, int((folder / "cpu.cfs_period_us").read_text())
+                except (OSError, ValueError):
+                    continue
+
+
+def _up_from(mount: Path, path: str) -> list[Path]:
+    """The process's cgroup folder under `mount` and each one above it, up to `mount`. In a
+    container whose cgroup namespace hides the path, the mount itself is its cgroup."""
+    group = mount / path.lstrip("/")
+    if not group.is_dir():
+        return [mount]
+    return [folder for folder in (group, *group.parents) if folder.is_relative_to(mount)]
 
 
 def worker_settings(
