@@ -9,7 +9,9 @@
   text that free-text filters search (SQLite FTS5 / PostgreSQL full-text, set up by the
   migration).
 - `logging_settings`: a project's settings as changed through the API (NULL: the configured
-  default) and its counters, kept in the store so every replica sees the same.
+  default), its counters and how many logs it holds, kept in the store so every replica sees
+  the same. The row is also the project's lock: whatever adds or deletes its logs takes it
+  first.
 - `datasets`, `dataset_logs`: named selections of a project's logs. A log in a dataset is
   never expired by retention; deleting a log or a dataset removes its memberships.
 - `dataset_runs`, `run_results`: re-runs of a dataset and, per logged request, both answers.
@@ -90,6 +92,9 @@ class LoggingSettingsRow(Base):
     skipped_media: Mapped[int] = mapped_column(sa.BigInteger(), default=0)
     evicted: Mapped[int] = mapped_column(sa.BigInteger(), default=0)
     expired: Mapped[int] = mapped_column(sa.BigInteger(), default=0)
+    # The logs the project holds, kept by every statement that adds or deletes them (under
+    # this row's lock), so the writer checks the limit without counting the table.
+    log_count: Mapped[int] = mapped_column(sa.BigInteger(), default=0, server_default="0")
 
 
 class DatasetRow(Base):

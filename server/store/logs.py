@@ -95,6 +95,8 @@ _settings = cast(sa.Table, LoggingSettingsRow.__table__)
 _members = cast(sa.Table, DatasetLog.__table__)
 
 _COUNTERS = ("skipped_at_limit", "skipped_media", "evicted", "expired")
+# What `_add_counters` adds to: the counters, then the change in the logs the project holds.
+_TALLIES = (*_COUNTERS, "log_count")
 _OVERRIDES = ("enabled", "max_logs", "retention_s", "at_limit")
 _AT_LIMIT_VALUES = ("stop_logging", "evict_oldest")
 _INT32_MAX = 2**31 - 1
@@ -381,7 +383,7 @@ def _insert_logs_sql(dialect: str, rows: int) -> str:
 @functools.lru_cache(maxsize=64)
 def _lock_projects_sql(dialect: str, rows: int) -> str:
     marks = _placeholders(dialect, rows)
-    values = ", ".join(f"({mark}, 0, 0, 0, 0)" for mark in marks)
+    values = ", ".join(f"({mark}, 0, 0, 0, 0)" for mark in marks)  # log_count: its default
     # PostgreSQL: DO UPDATE locks each row (DO NOTHING would not), in the order given.
     conflict = "DO NOTHING"
     if dialect == "postgresql":
@@ -395,19 +397,19 @@ def _lock_projects_sql(dialect: str, rows: int) -> str:
 @functools.lru_cache(maxsize=64)
 def _count_sql(dialect: str, rows: int) -> str:
     marks = ", ".join(_placeholders(dialect, rows))
-    return f"SELECT project, count(*) FROM request_logs WHERE project IN ({marks}) GROUP BY project"
+    return f"SELECT project, log_count FROM logging_settings WHERE project IN ({marks})"
 
 
 @functools.cache
 def _add_counters_sql(dialect: str, rows: int) -> str:
-    width = 1 + len(_COUNTERS)
+    width = 1 + len(_TALLIES)
     marks = _placeholders(dialect, rows * width)
     values = ", ".join(
         "(" + ", ".join(marks[r * width : (r + 1) * width]) + ")" for r in range(rows)
     )
-    sums = ", ".join(f"{c} = logging_settings.{c} + excluded.{c}" for c in _COUNTERS)
+    sums = ", ".join(f"{c} = logging_settings.{c} + excluded.{c}" for c in _TALLIES)
     return (
-        f"INSERT INTO logging_settings (project, {', '.join(_COUNTERS)}) VALUES {values} "
+        f"INSERT INTO logging_settings (project, {', '.join(_TALLIES)}) VALUES {values} "
         f"ON CONFLICT (project) DO UPDATE SET {sums}"
     )
 
@@ -477,7 +479,8 @@ async def _insert_rows(
 
 
 async def _add_counters(db: _Statements, counters: Mapping[str, Sequence[int]]) -> None:
-    """Add (skipped_at_limit, skipped_media, evicted, expired) to each project's counters."""
+    """Add (skipped_at_limit, skipped_media, evicted, expired, logs added less logs deleted)
+    to each project's counters and log count."""
     rows = [(project, *counters[project]) for project in sorted(counters) if any(counters[project])]
     if rows:
         await _insert_rows(db, _add_counters_sql, rows)
@@ -554,11 +557,11 @@ class LogWriter:
         counters: dict[str, list[int]] = {}
         for project in projects:
             batch = sorted(by_project[project], key=lambda event: event.id)
-            stored, skipped, evicted = await _fit(
+            fit = await _fit(
                 db, project, batch, int(counts.get(project, 0)), self._policy_for(project)
             )
-            kept.extend(stored)
-            counters[project] = [skipped, 0, evicted, 0]
+            kept.extend(fit.stored)
+            counters[project] = [fit.skipped, 0, fit.evicted, 0, len(fit.stored) - fit.deleted]
 
         await _insert_rows(db, _insert_logs_sql, [rows[event.id] for event in kept])
         await _add_counters(db, counters)
@@ -575,7 +578,7 @@ class LogWriter:
         """Add calls that were not logged to their projects' counters."""
         counters: dict[str, list[int]] = {}
         for skip in skips:
-            row = counters.setdefault(skip.project, [0, 0, 0, 0])
+            row = counters.setdefault(skip.project, [0, 0, 0, 0, 0])
             row[0 if skip.reason == "at_limit" else 1] += int(skip.count)
         if counters:
             await _add_counters(await _Statements.open(conn), counters)
@@ -593,17 +596,31 @@ async def _lock_projects(db: _Statements, projects: Sequence[str]) -> None:
     await db.run(_lock_projects_sql(db.dialect, len(projects)), tuple(projects))
 
 
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """What a batch of one project comes to at its limit."""
+
+    stored: list[LogEvent]
+    """The events to store, oldest first."""
+    skipped: int
+    """Events not stored, counted as skipped at the limit."""
+    evicted: int
+    """Logs counted as evicted: stored ones deleted, and events that gave way to newer ones."""
+    deleted: int
+    """Stored logs deleted to make room."""
+
+
 async def _fit(
     db: _Statements, project: str, batch: list[LogEvent], count: int, policy: LoggingPolicy
-) -> tuple[list[LogEvent], int, int]:
-    """The events of `batch` (oldest first) to store, how many are skipped at the limit and
-    how many logs are evicted; evicts them."""
+) -> _Fit:
+    """What of `batch` (oldest first) fits `project`'s limit, holding `count` logs; evicts
+    the logs that make room."""
     limit = max(policy.max_logs, 0)
     if count + len(batch) <= limit:
-        return batch, 0, 0
+        return _Fit(batch, 0, 0, 0)
     if policy.at_limit != "evict_oldest":
         room = max(limit - count, 0)
-        return batch[:room], len(batch) - room, 0
+        return _Fit(batch[:room], len(batch) - room, 0, 0)
     # The oldest stored logs in no dataset make room for the batch (for its newest, if it
     # alone exceeds the limit). What still does not fit gave way to newer logs: evicted too,
     # unless nothing fits at all (every log kept is in a dataset): then it is skipped.
@@ -611,9 +628,9 @@ async def _fit(
     removed = await db.run(_evict_sql(db.dialect), (project, excess)) if excess > 0 else 0
     room = max(limit - (count - removed), 0)
     if room == 0:
-        return [], len(batch), removed
+        return _Fit([], len(batch), removed, removed)
     stored = batch[max(len(batch) - room, 0) :]
-    return stored, 0, removed + len(batch) - len(stored)
+    return _Fit(stored, 0, removed + len(batch) - len(stored), removed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1018,6 +1035,10 @@ async def delete_logs(
     condition = log_condition(project, "" if everything else filter_text, store.dialect)
     deleted = 0
     async with store.begin() as conn:
+        # The project's row first, as the writer takes it: the two wait for each other
+        # instead of deadlocking, and the log count stays exact.
+        db = await _Statements.open(conn)
+        await _lock_projects(db, [project])
         await _plan_per_query(conn)
         if ids:
             wanted = sorted({log_id for log_id in ids if is_log_id(log_id)})
@@ -1027,14 +1048,16 @@ async def delete_logs(
         else:
             result = await conn.execute(_logs.delete().where(condition))
             deleted = max(result.rowcount, 0)
+        if deleted:
+            await _add_counters(db, {project: (0, 0, 0, 0, -deleted)})
     return deleted
 
 
 async def count_logs(store: Store, project: str) -> int:
-    """How many logs `project` holds."""
-    query = sa.select(sa.func.count()).select_from(_logs).where(_logs.c.project == project)
+    """How many logs `project` holds (its kept count: no rows are counted)."""
+    query = sa.select(_settings.c.log_count).where(_settings.c.project == project)
     async with store.connect() as conn:
-        return int((await conn.execute(query)).scalar_one())
+        return int((await conn.execute(query)).scalar() or 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1168,11 +1191,12 @@ async def _purge_project(store: Store, project: str, cutoff: datetime) -> int:
     total = 0
     while True:
         async with store.begin() as conn:
+            db = await _Statements.open(conn)
+            await _lock_projects(db, [project])  # first, as the writer and delete_logs do
             result = await conn.execute(_logs.delete().where(_logs.c.id.in_(victims)))
             deleted = max(result.rowcount, 0)
             if deleted:
-                db = await _Statements.open(conn)
-                await _add_counters(db, {project: (0, 0, 0, deleted)})
+                await _add_counters(db, {project: (0, 0, 0, deleted, -deleted)})
         total += deleted
         if deleted < PURGE_CHUNK:
             return total

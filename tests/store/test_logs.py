@@ -34,7 +34,12 @@ from gemini_gateway.server.recorder import DROPPED
 from gemini_gateway.server.store import Store, open_store
 from gemini_gateway.server.store import logs as logs_module
 from gemini_gateway.server.store.engine import alembic_config, check_schema, upgrade
-from gemini_gateway.server.store.log_tables import DatasetLog, DatasetRow, RequestLog
+from gemini_gateway.server.store.log_tables import (
+    DatasetLog,
+    DatasetRow,
+    LoggingSettingsRow,
+    RequestLog,
+)
 from gemini_gateway.server.store.logs import (
     LogRecord,
     LogWriter,
@@ -648,6 +653,63 @@ async def test_writers_at_once_never_overshoot_the_limit(store: Store) -> None:
     assert (await read_settings(store, "p1")).skipped_at_limit == 8
 
 
+async def rows_per_project(store: Store) -> dict[str, int]:
+    """count(*) of request_logs per project: what the kept counts must equal."""
+    query = sa.select(RequestLog.project, sa.func.count()).group_by(RequestLog.project)
+    async with store.connect() as conn:
+        return {project: int(n) for project, n in (await conn.execute(query)).all()}
+
+
+async def assert_counts_kept(store: Store, projects: Sequence[str] = ("p1", "p2")) -> None:
+    actual = await rows_per_project(store)
+    kept = {project: await count_logs(store, project) for project in projects}
+    assert kept == {project: actual.get(project, 0) for project in projects}
+
+
+async def test_the_kept_log_count_follows_every_write_and_delete(store: Store) -> None:
+    """The writer reads each project's count from logging_settings, not from the table."""
+    await write(store, [event(n) for n in range(1, 6)], limited(4, "stop_logging"))
+    await assert_counts_kept(store)  # 4 stored, 1 skipped
+    await add_to_dataset(store, "p1", "keep", [log_id(1)])
+    await write(store, [event(n) for n in range(6, 9)], limited(4, "evict_oldest"))
+    await assert_counts_kept(store)  # 3 evicted, never the dataset's log
+    assert await all_pages(store) == [8, 7, 6, 1]
+    await write(store, [event(n, project="p2") for n in range(20, 23)])
+    await delete_logs(store, "p1", ids=[log_id(6), log_id(99)])
+    await assert_counts_kept(store)
+    await delete_logs(store, "p2", filter_text='model = "models/gemini-2.5-flash"')
+    await assert_counts_kept(store)
+    await write(store, [event(30, create_time=T0 - timedelta(days=400))])
+    assert await purge_expired(store, lambda project: POLICY, now=T0) == 1
+    await assert_counts_kept(store)
+    await delete_logs(store, "p1", everything=True)
+    await assert_counts_kept(store)
+    assert await count_logs(store, "p1") == 0
+    assert await count_logs(store, "never-logged") == 0
+
+
+async def test_writes_and_deletes_at_once_keep_the_count_exact(store: Store) -> None:
+    """On PostgreSQL a delete takes the project's row before any log, as the writer does:
+    the two wait for each other, never deadlock, and the count stays exact."""
+    policy = limited(6, "evict_oldest")
+    writer = LogWriter(lambda project: policy)
+    await write(store, [event(n) for n in range(1, 7)], policy)
+
+    async def write_batch(start: int) -> None:
+        async with store.begin() as conn:
+            await writer(conn, [event(start + i) for i in range(4)])
+            await asyncio.sleep(0.02)  # evicted rows stay locked while the others run
+
+    async def delete_some(ids: Sequence[int]) -> None:
+        await delete_logs(store, "p1", ids=[log_id(n) for n in ids])
+
+    await asyncio.gather(
+        write_batch(10), delete_some([1, 2, 11]), write_batch(20), delete_some([3, 21, 22])
+    )
+    await assert_counts_kept(store, ["p1"])
+    assert await count_logs(store, "p1") <= 6
+
+
 # --- paging, reading, deleting ----------------------------------------------------------------
 
 
@@ -919,6 +981,25 @@ async def test_logs_written_before_the_bytes_revision_read_as_they_were(
         assert (old.request_json, old.response_json) == (old_request, old_response)
         assert json_format.Parse(new.request_json, Request()) == request("from after")
         assert names((await list_logs(store, "p1", filter_text="before"))[0]) == [1]
+    finally:
+        await store.close()
+
+
+async def test_the_log_count_revision_counts_the_logs_already_there(
+    fresh_url: FreshUrl,
+) -> None:
+    store = await open_store(await fresh_url())
+    try:
+        await write(store, [event(1), event(2), event(3, project="p2")])
+        async with store.engine.begin() as conn:
+            await conn.run_sync(_downgrade, "0005_log_messages_as_bytes")
+            # A project with logs and no settings row (logs written by other means).
+            await conn.execute(
+                sa.delete(LoggingSettingsRow).where(LoggingSettingsRow.project == "p2")
+            )
+        await upgrade(store.engine)
+        await assert_counts_kept(store)
+        assert (await count_logs(store, "p1"), await count_logs(store, "p2")) == (2, 1)
     finally:
         await store.close()
 

@@ -42,8 +42,9 @@ LOG_TABLES = {
 }
 # Who created each tuned model and batch (revision 0004).
 TENANCY_TABLES = {"resource_owners"}
-# Request logs keep their messages as protobuf bytes (revision 0005).
-HEAD = "0005_log_messages_as_bytes"
+# Request logs keep their messages as protobuf bytes (revision 0005); each project's log
+# count is kept (revision 0006).
+HEAD = "0006_log_counts"
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
