@@ -207,7 +207,8 @@ def _stream(
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary and unary-stream handlers (all this gateway serves) with metrics.
+    """Wraps every handler with metrics: unary and server-streaming calls (the gateway's own)
+    and client-streaming ones (server reflection, which grpcurl and buf curl call).
 
     `max_send_message_bytes`: the server's `grpc.max_send_message_length`, so that a call
     gRPC ended because an answer was over it is counted RESOURCE_EXHAUSTED, as its client
@@ -237,7 +238,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             if inspect.isasyncgenfunction(behaviour):
                 return handler._replace(unary_stream=_stream(method, behaviour, self._limit))
             return handler._replace(unary_stream=_unary(method, behaviour))
-        return handler  # client streaming (reflection): counted by nothing here
+        # Client streaming (reflection): the wrappers pass the request iterator through.
+        if handler.stream_stream is not None:
+            behaviour = handler.stream_stream
+            if inspect.isasyncgenfunction(behaviour):
+                return handler._replace(stream_stream=_stream(method, behaviour, self._limit))
+            return handler._replace(stream_stream=_unary(method, behaviour))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_unary(method, handler.stream_unary, self._limit))
+        return handler
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:

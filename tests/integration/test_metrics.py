@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from gemini_gateway.client.gateway_client import text_request
@@ -84,6 +85,25 @@ async def test_streamed_messages_and_mid_stream_errors(generative) -> None:
         "gateway_grpc_calls_total", failed + 1, method=STREAM, code="INTERNAL"
     )
     assert failed_now == failed + 1
+
+
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+async def test_client_streaming_calls_are_counted_too(channel) -> None:
+    """Server reflection (what grpcurl and buf curl call first) streams both ways."""
+    assert await _settled("gateway_grpc_calls_in_flight", 0, method=REFLECTION) == 0
+    ok = _value("gateway_grpc_calls_total", method=REFLECTION, code="OK")
+    sent = _value("gateway_grpc_streamed_messages_total", method=REFLECTION)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = [reflection_pb2.ServerReflectionRequest(list_services="")] * 3
+    responses = [r async for r in stub.ServerReflectionInfo(iter(requests))]
+    assert len(responses) == 3
+    assert await _settled("gateway_grpc_calls_total", ok + 1, method=REFLECTION, code="OK") == (
+        ok + 1
+    )
+    assert _value("gateway_grpc_streamed_messages_total", method=REFLECTION) == sent + 3
+    assert _value("gateway_grpc_calls_in_flight", method=REFLECTION) == 0
 
 
 UPSTREAM = "gateway_upstream_request_seconds_count"
