@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x67617465776179  # "gateway"
 # How long a SQLite connection waits for another writer before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Between attempts to switch a database another connection is writing to WAL mode.
+WAL_RETRY_PAUSE_S = 0.02
 
 
 class StoreError(RuntimeError):
@@ -83,14 +88,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # durable across application crashes in WAL mode and much faster than FULL.
     cursor = dbapi_connection.cursor()
     try:
-        # First: switching to WAL needs the database to itself, and waits for a replica that
-        # is migrating it only as long as the busy timeout says.
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, which the file keeps: the first connection does it.
+
+    Switching needs the database to itself, and SQLite may refuse it at once ("database is
+    locked"), without waiting through its busy handler, while another connection writes:
+    a replica opening the store while another creates or migrates it. So it is tried again
+    until the busy timeout has passed, pausing without blocking the event loop.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await_(asyncio.sleep(WAL_RETRY_PAUSE_S))
 
 
 def _prepare_sqlite_path(url: URL) -> None:
