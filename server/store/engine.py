@@ -21,6 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
@@ -160,7 +163,23 @@ def create_engine(
 def _upgrade(connection: Connection, revision: str = "head") -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
+    _refuse_a_newer_store(connection, cfg)
     command.upgrade(cfg, revision)
+
+
+def _refuse_a_newer_store(connection: Connection, cfg: Config) -> None:
+    """A store migrated by a newer release: StoreError saying so, not Alembic's traceback."""
+    scripts = ScriptDirectory.from_config(cfg)
+    for current in MigrationContext.configure(connection).get_current_heads():
+        try:
+            scripts.get_revision(current)
+        except CommandError:
+            raise StoreError(
+                f"the store is at schema revision {current!r}, which this release does not "
+                f"know (its newest is {scripts.get_current_head()!r}): a newer release has "
+                "migrated it. Run that release or a newer one, or restore the store's backup "
+                "from before the upgrade."
+            ) from None
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:

@@ -109,6 +109,31 @@ async def test_replicas_opening_at_once_do_not_race(fresh_url: FreshUrl) -> None
             await store.close()
 
 
+async def test_a_store_migrated_by_a_newer_release_is_refused_in_one_line(
+    fresh_url: FreshUrl,
+) -> None:
+    url = await fresh_url()
+    store = await open_store(url)
+    try:
+        async with store.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
+    finally:
+        await store.close()
+    with pytest.raises(StoreError) as refused:
+        await open_store(url)
+    message = str(refused.value)
+    assert "'0099_future'" in message and f"its newest is {HEAD!r}" in message
+    assert "newer release" in message and "\n" not in message
+    # Nothing was touched: the store still says what the newer release wrote.
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
+        assert version == [("0099_future",)]
+    finally:
+        await engine.dispose()
+
+
 async def test_reopening_a_current_store_changes_nothing(fresh_url: FreshUrl) -> None:
     url = await fresh_url()
     await (await open_store(url)).close()
