@@ -166,10 +166,11 @@ def tuning_example(log: ExportableLog) -> tuned_model_pb2.TuningExample | None:
 def batch_request(log: ExportableLog) -> generative_service_pb2.GenerateContentRequest | None:
     """The logged request as a Batch API request (no `model`); None if it does not parse."""
     request = generative_service_pb2.GenerateContentRequest()
-    if not log.request_json:
+    text = log.request_json
+    if not text:
         return None
     try:
-        json_format.Parse(log.request_json, request, ignore_unknown_fields=True)
+        json_format.Parse(text, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError):
         return None
     request.ClearField("model")

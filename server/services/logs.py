@@ -7,12 +7,13 @@ the LogBus, which says which logs of the project were just written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import grpc
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from gemini_gateway.generated.gemini.gateway.v1 import logs_pb2, logs_pb2_grpc
@@ -24,6 +25,8 @@ from gemini_gateway.server.log_tail import LogBus
 from gemini_gateway.server.request_log import LoggingPolicies
 from gemini_gateway.server.store import logs as log_store
 from gemini_gateway.server.store.engine import Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -66,6 +69,20 @@ def _json_into(text: str, message: Message) -> None:
             message.Clear()
 
 
+def _stored_into(record: log_store.LogRecord, message: Message, *, response: bool = False) -> None:
+    """The log's request (`response`: response) into `message`, a v1beta one: a v1beta log's
+    bytes straight in; v1 logs and logs kept as JSON through JSON."""
+    data = record.response_pb if response else record.request_pb
+    if data is not None and record.api_version == "v1beta":
+        try:
+            message.ParseFromString(data)
+        except DecodeError:
+            log.warning("a stored %s does not parse", "response" if response else "request")
+            message.Clear()
+        return
+    _json_into(record.response_json if response else record.request_json, message)
+
+
 def log_message(record: log_store.LogRecord, *, full: bool) -> logs_pb2.Log:
     """A stored log as the API shows it; `full` adds the request, response and offsets."""
     message = logs_pb2.Log(
@@ -95,8 +112,8 @@ def log_message(record: log_store.LogRecord, *, full: bool) -> logs_pb2.Log:
     tokens.tool_use = record.tool_use_tokens
     tokens.total = record.total_tokens
     if full:
-        _json_into(record.request_json or "", message.request)
-        _json_into(record.response_json or "", message.response)
+        _stored_into(record, message.request)
+        _stored_into(record, message.response, response=True)
         message.chunk_offsets.extend(_duration_ms(ms) for ms in record.chunk_offsets_ms or ())
     return message
 

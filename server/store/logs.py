@@ -861,15 +861,34 @@ class LogRecord:
     datasets: list[str] = field(default_factory=list)
     """Ids of the datasets (of the log's project) that hold the log, in id order."""
     full: bool = False
-    request_json: str = ""
-    response_json: str = ""
+    request_pb: bytes | None = None
+    """The request's protobuf bytes, of the log's API version (full view, since revision
+    0005); `request_json` makes its JSON."""
+    response_pb: bytes | None = None
+    stored_request_json: str = ""
+    """The JSON text a row written before revision 0005 kept instead of bytes."""
+    stored_response_json: str = ""
     chunk_offsets_ms: list[float] = field(default_factory=list)
 
+    @property
+    def request_json(self) -> str:
+        """The request as proto3 JSON text ("" in the basic view)."""
+        return stored_message_json(self.api_version, self.request_pb, self.stored_request_json)
 
+    @property
+    def response_json(self) -> str:
+        """The (merged) response as proto3 JSON text ("" in the basic view or for none)."""
+        return stored_message_json(
+            self.api_version, self.response_pb, self.stored_response_json, response=True
+        )
+
+
+_FULL_ONLY = (
+    "request_pb", "response_pb", "stored_request_json", "stored_response_json",
+    "chunk_offsets_ms",
+)  # fmt: skip
 _BASIC_COLUMNS = tuple(
-    name
-    for name in LogRecord.__dataclass_fields__
-    if name not in ("datasets", "full", "request_json", "response_json", "chunk_offsets_ms")
+    name for name in LogRecord.__dataclass_fields__ if name not in ("datasets", "full", *_FULL_ONLY)
 )
 _FULL_COLUMNS = (
     *_BASIC_COLUMNS, "request_pb", "response_pb", "request_json", "response_json",
@@ -888,13 +907,9 @@ def _record(row: sa.Row[Any], full: bool) -> LogRecord:
     values["labels"] = dict(values["labels"] or {})
     if full:
         values["chunk_offsets_ms"] = list(values["chunk_offsets_ms"] or [])
-        version = values["api_version"]
-        values["request_json"] = stored_message_json(
-            version, values.pop("request_pb"), values["request_json"]
-        )
-        values["response_json"] = stored_message_json(
-            version, values.pop("response_pb"), values["response_json"], response=True
-        )
+        # JSON is made only if asked for (request_json): the log service takes the bytes.
+        values["stored_request_json"] = values.pop("request_json")
+        values["stored_response_json"] = values.pop("response_json")
     return LogRecord(**values, full=full)
 
 
