@@ -79,6 +79,8 @@ def _stored_into(record: log_store.LogRecord, message: Message, *, response: boo
         except DecodeError:
             log.warning("a stored %s does not parse", "response" if response else "request")
             message.Clear()
+        # Fields the gateway's protos lack never went upstream (nor into the JSON): none here.
+        message.DiscardUnknownFields()
         return
     _json_into(record.response_json if response else record.request_json, message)
 

@@ -59,6 +59,18 @@ def test_a_v1beta_log_reads_its_bytes_straight_into_the_messages() -> None:
     assert json_format.Parse(stored.request_json, Request()) == sent()
 
 
+def test_fields_the_gateway_does_not_know_are_not_shown() -> None:
+    """A newer client's field went nowhere (the upstream's JSON leaves it out): the log
+    shows what the JSON would."""
+    unknown = sent().SerializeToString() + b"\xf8\xff\x03\x01"  # field 65535, varint 1
+    size = sent().ByteSize()
+    assert Request.FromString(unknown).ByteSize() == size + 4  # a parse keeps it
+    shown = log_message(record(request_pb=unknown), full=True)
+    assert shown.request == sent()
+    assert shown.request.ByteSize() == size
+    assert json_format.Parse(record(request_pb=unknown).request_json, Request()) == sent()
+
+
 def test_a_v1_log_and_a_log_kept_as_json_read_through_json() -> None:
     v1_request = v1_service.GenerateContentRequest(model="models/gemini-2.5-flash")
     v1_request.contents.add(role="user").parts.add(text="Bonjour")
