@@ -156,7 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-workers",
         action="store_true",
-        help="skip the workers phase (throughput and CPU with 1 and 2 gateway workers)",
+        help="skip the workers phase (throughput and CPU with 1 and 2 gateway workers, and "
+        "1 worker with recording and logging on and off)",
     )
     parser.add_argument(
         "--workers-requests",

@@ -792,6 +792,121 @@ def _workers_notes(workers: WorkersData, which: str = "") -> list[str]:
     return notes
 
 
+# --- recording and logging on vs off, one worker, in the workers phase ------------------------
+
+_ON, _OFF = "rec+log", "rec+log off"
+
+
+def has_recording_variants(workers: WorkersData | None) -> bool:
+    return workers is not None and all(workers.variants.get(v) for v in (_ON, _OFF))
+
+
+def _variant_blocks(workers: WorkersData) -> tuple[list[WorkersBlock], ...]:
+    """Blocks of rec+log on, recording only (the default: the 1-worker gateway), both off."""
+    return workers.variants[_ON], workers.blocks[1], workers.variants[_OFF]
+
+
+def h2load_recording_ratio(workers: WorkersData) -> float:
+    on, _default, off = _variant_blocks(workers)
+    return _workers_rps(on) / _workers_rps(off)
+
+
+def _h2load_recording_table(workers: WorkersData, which: str = "") -> TableData:
+    on, default, off = _variant_blocks(workers)
+    blocks = (on, default, off)
+    cpu = [_per_call_us(b, lambda block: block.gateway_cpu_s) for b in blocks]
+    rows = [
+        [
+            "throughput (req/s)",
+            *(_num(_workers_rps(b), 0) for b in blocks),
+            f"{h2load_recording_ratio(workers):.1%}",
+        ],
+        [
+            "gateway CPU per call (µs), recorder included",
+            *(_num(u, 0) for u in cpu),
+            _added(cpu[0] - cpu[2], 0),
+        ],
+        [
+            "failed calls / calls",
+            *(f"{sum(x.calls - x.ok for x in b)} / {sum(x.calls for x in b)}" for b in blocks),
+            "—",
+        ],
+        [
+            "recorder dropped events",
+            *(f"{workers.dropped_events.get(k, 0):.0f}" for k in (_ON, 1, _OFF)),
+            "—",
+        ],
+    ]
+    title = (
+        f"Usage recording and request logging on vs off, 1 worker, unary at "
+        f"c={workers.concurrency} (load: {workers.load_generator}; upstream: "
+        f"{workers.upstream}){which}"
+    )
+    header = ["measure", "rec+log on", "recording only (default)", "rec+log off", "on vs off"]
+    return TableData(title, header, rows)
+
+
+def _h2load_recording_notes(workers: WorkersData, which: str = "") -> list[str]:
+    on, _default, off = _variant_blocks(workers)
+    ratios = [
+        (b_on.ok / b_on.seconds) / (b_off.ok / b_off.seconds)
+        for b_on, b_off in zip(on, off, strict=True)
+        if b_on.seconds and b_off.seconds and b_off.ok
+    ]
+    above = sum(r >= TARGET_RECORDING_RATIO for r in ratios)
+    return [
+        f"Recording and logging on/off throughput per round, load from "
+        f"{workers.load_generator}{which}, a noise gauge: {_range(ratios, '{:.1%}')}, median "
+        f"{percentile(ratios, 50):.1%} (≥ {TARGET_RECORDING_RATIO:.0%} in {above}/{len(ratios)} "
+        "rounds)"
+    ]
+
+
+def _h2load_recording_target(
+    workers: WorkersData, old: WorkersData | None, figures: list[Figure]
+) -> str:
+    """The recording target where the gateway alone saturates the machine (h2load, nginx),
+    beside the main table's, which shares the cores with a Python client and the emulator."""
+    ratio = h2load_recording_ratio(workers)
+    on, _default, off = _variant_blocks(workers)
+    added = _per_call_us(on, lambda b: b.gateway_cpu_s) - _per_call_us(
+        off, lambda b: b.gateway_cpu_s
+    )
+    where = f"1 worker, c={workers.concurrency}, load from {workers.load_generator}"
+    was = ""
+    if has_recording_variants(old):
+        assert old is not None
+        goal = f"≥ {TARGET_RECORDING_RATIO:.0%}"
+        judged = Figure(
+            f"throughput, rec+log on / off, {where}",
+            h2load_recording_ratio(old),
+            ratio,
+            "%",
+            False,
+            goal=goal,
+            met=ratio >= TARGET_RECORDING_RATIO,
+        )
+        old_on, _, old_off = _variant_blocks(old)
+        figures.append(judged)
+        figures.append(
+            Figure(
+                f"gateway CPU per call (µs), rec+log on - off, {where}",
+                _per_call_us(old_on, lambda b: b.gateway_cpu_s)
+                - _per_call_us(old_off, lambda b: b.gateway_cpu_s),
+                added,
+                "µs",
+                False,
+                signed=True,
+            )
+        )
+        was = f"; {judged.was}"
+    return (
+        f"rec+log on: throughput ≥ {TARGET_RECORDING_RATIO:.0%} of off, {where}: "
+        f"{_verdict(ratio >= TARGET_RECORDING_RATIO)} ({ratio:.1%}, {added:+.0f} µs per call"
+        f"{was})"
+    )
+
+
 def _workers_target(workers: WorkersData, old: WorkersData | None, figures: list[Figure]) -> str:
     """Judged on this checkout's gateways; with a baseline (`old`), its ratio beside it."""
     ratio = workers_ratio(workers)
@@ -997,6 +1112,16 @@ def build_report(
         notes += _workers_notes(workers)
         if old_workers is not None:
             notes += _workers_notes(old_workers, which=" (before)")
+        if has_recording_variants(workers):
+            tables.append(_h2load_recording_table(workers))
+            if has_recording_variants(old_workers):
+                assert old_workers is not None
+                tables.append(_h2load_recording_table(old_workers, which=" — before"))
+            targets.append(_h2load_recording_target(workers, old_workers, figures))
+            notes += _h2load_recording_notes(workers)
+            if has_recording_variants(old_workers):
+                assert old_workers is not None
+                notes += _h2load_recording_notes(old_workers, which=" (before)")
         if workers.failed:
             failed = True
             notes.append(f"ERRORS: the workers phase failed {workers.failed} calls")

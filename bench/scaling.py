@@ -67,6 +67,14 @@ CALLS = "gateway_grpc_calls_total"
 WRITTEN_EVENTS = "gateway_recorder_written_events_total"
 DROPPED_EVENTS = "gateway_recorder_dropped_events_total"
 WORKER_COUNTS = (1, 2)
+# One worker with usage recording and request logging both on, and both off, measured in the
+# same rounds as the default (recording only): the recording target judged where the gateway
+# alone saturates the machine. Each with the recorder events a call makes.
+RECORDING_VARIANTS: dict[str, dict[str, bool]] = {
+    "rec+log": {"logging": True},
+    "rec+log off": {"record_usage": False},
+}
+EVENTS_PER_CALL: dict[int | str, int] = {"rec+log": 2, "rec+log off": 0}
 # The Python fallback opens this many HTTP/2 connections: one would reach a single worker,
 # since SO_REUSEPORT spreads connections, not calls.
 PYTHON_CHANNELS = 16
@@ -106,13 +114,16 @@ class WorkersData:
     upstream: str
     concurrency: int
     blocks: dict[int, list[WorkersBlock]] = field(default_factory=dict)  # workers -> blocks
-    dropped_events: dict[int, float] = field(default_factory=dict)
+    # One worker, recording variants (RECORDING_VARIANTS) -> blocks
+    variants: dict[str, list[WorkersBlock]] = field(default_factory=dict)
+    dropped_events: dict[int | str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     first_error: str | None = None
 
     @property
     def failed(self) -> int:
-        return sum(b.calls - b.ok for blocks in self.blocks.values() for b in blocks)
+        every = [*self.blocks.values(), *self.variants.values()]
+        return sum(b.calls - b.ok for blocks in every for b in blocks)
 
 
 def _frame(message: bytes) -> bytes:
@@ -129,13 +140,14 @@ def _generate_calls(gateway: Service) -> tuple[float, float, float]:
     return ok, finished, recorded
 
 
-async def _settle(gateway: Service) -> None:
-    """Until the gateway's recorder has written (or dropped) an event per finished call."""
+async def _settle(gateway: Service, events_per_call: int = 1) -> None:
+    """Until the gateway's recorder has written (or dropped) the events of every finished
+    call (`events_per_call` each: 0 with recording off, 2 with logging on as well)."""
     await asyncio.sleep(SETTLE_S)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         _ok, finished, recorded = _generate_calls(gateway)
-        if recorded >= finished:
+        if recorded >= finished * events_per_call:
             return
         await asyncio.sleep(0.05)
 
@@ -242,7 +254,12 @@ def _emulator_answer(emulator: Service) -> bytes:
 
 
 async def _workers_block(
-    load: H2Load | PythonLoad, gateway: Service, upstream: Service, count: int, data: WorkersData
+    load: H2Load | PythonLoad,
+    gateway: Service,
+    upstream: Service,
+    count: int,
+    data: WorkersData,
+    events_per_call: int = 1,
 ) -> WorkersBlock:
     ok_before, _, _ = _generate_calls(gateway)
     gateway_before, upstream_before = tree_cpu(gateway.pid), tree_cpu_seconds(upstream.pid)
@@ -251,7 +268,7 @@ async def _workers_block(
     wall = time.perf_counter() - start
     machine = machine_busy_seconds() - machine_before
     gateway_during, upstream_during = tree_cpu(gateway.pid), tree_cpu_seconds(upstream.pid)
-    await _settle(gateway)
+    await _settle(gateway, events_per_call)
     gateway_after = tree_cpu_seconds(gateway.pid)
     ok_after, _, _ = _generate_calls(gateway)
     if run.error and data.first_error is None:
@@ -286,8 +303,9 @@ def workers_phase(
     progress: Progress,
     baseline: Checkout | None = None,
 ) -> tuple[WorkersData, WorkersData | None]:
-    """Throughput and CPU of one and two workers, `requests` calls per block; with a
-    `baseline`, the same for its gateways, in the same rounds (same load and upstream)."""
+    """Throughput and CPU of one and two workers, and of one worker with recording and
+    logging on and off (RECORDING_VARIANTS), `requests` calls per block; with a `baseline`,
+    the same for its gateways, in the same rounds (same load and upstream)."""
     h2load, nginx = find_tool("h2load"), find_tool("nginx")
     notes = []
     if nginx:
@@ -306,14 +324,19 @@ def workers_phase(
             "a large share of the cores (apt-get install nghttp2-client)"
         )
     checkouts = {"": CURRENT, **({"-before": baseline} if baseline else {})}
-    # One gateway per checkout and worker count, all running through the phase.
-    gateways = {
-        (suffix, n): services.start_gateway(
-            f"gw-{n}-workers{suffix}", "aiohttp", upstream.url, workers=n, checkout=checkout
-        )
-        for suffix, checkout in checkouts.items()
-        for n in WORKER_COUNTS
-    }
+    # One gateway per checkout and worker count, and per recording variant (one worker), all
+    # running through the phase.
+    gateways: dict[tuple[str, int | str], Service] = {}
+    for suffix, checkout in checkouts.items():
+        for n in WORKER_COUNTS:
+            gateways[suffix, n] = services.start_gateway(
+                f"gw-{n}-workers{suffix}", "aiohttp", upstream.url, workers=n, checkout=checkout
+            )
+        for variant, options in RECORDING_VARIANTS.items():
+            name = "gw-1-worker-" + variant.replace("+", "-").replace(" ", "-") + suffix
+            gateways[suffix, variant] = services.start_gateway(
+                name, "aiohttp", upstream.url, workers=1, checkout=checkout, **options
+            )
     for gateway in gateways.values():
         wait_gateway_ready(gateway)
     results = {
@@ -330,31 +353,46 @@ def workers_phase(
 
     async def measure() -> None:
         try:
-            for (suffix, _n), gateway in gateways.items():  # warm-up: pools, code paths
+            for (suffix, key), gateway in gateways.items():  # warm-up: pools, code paths
                 data = results[suffix]
-                warm = await _workers_block(load, gateway, upstream, max(500, requests // 4), data)
+                warm = await _workers_block(
+                    load,
+                    gateway,
+                    upstream,
+                    max(500, requests // 4),
+                    data,
+                    EVENTS_PER_CALL.get(key, 1),
+                )
                 if warm.ok != warm.calls or data.first_error:
                     raise BenchError(
                         f"workers warm-up: {warm.calls - warm.ok} of {warm.calls} calls to "
                         f"{gateway.name} failed; first error: {data.first_error}"
                     )
-            # The order rotates from round to round (with one checkout: 1, 2; 2, 1; ...).
+            # The order rotates from round to round.
             for round_ in range(rounds):
                 shift = round_ % len(keys)
-                for suffix, n in keys[shift:] + keys[:shift]:
+                for suffix, key in keys[shift:] + keys[:shift]:
                     data = results[suffix]
                     block = await _workers_block(
-                        load, gateways[suffix, n], upstream, requests, data
+                        load,
+                        gateways[suffix, key],
+                        upstream,
+                        requests,
+                        data,
+                        EVENTS_PER_CALL.get(key, 1),
                     )
-                    data.blocks[n].append(block)
+                    if isinstance(key, int):
+                        data.blocks[key].append(block)
+                    else:
+                        data.variants.setdefault(key, []).append(block)
         finally:
             if isinstance(load, PythonLoad):
                 await load.aclose()
 
     asyncio.run(measure())
-    for (suffix, n), gateway in gateways.items():
+    for (suffix, key), gateway in gateways.items():
         gateway.check_alive()
-        results[suffix].dropped_events[n] = metric_sum(metric_samples(gateway), DROPPED_EVENTS)
+        results[suffix].dropped_events[key] = metric_sum(metric_samples(gateway), DROPPED_EVENTS)
         services.stop(gateway)
     if upstream is not emulator:
         services.stop(upstream)
