@@ -173,7 +173,10 @@ async def test_a_client_that_goes_away_mid_stream_counts_as_cancelled(small_mess
         small_messages.target, options=[("grpc.max_receive_message_length", 64)]
     ) as channel:
         stub = generative_service_pb2_grpc.GenerativeServiceStub(channel)
-        request = text_request("gemini-2.5-flash", "a prompt longer than sixty-four bytes " * 4)
+        # A stream that outlasts the client: had the gateway sent every chunk before gRPC told
+        # it the client was gone, the call would have ended OK on its side.
+        prompt = "[[chunks:20]] [[chunk_delay_ms:50]] " + "a prompt over sixty-four bytes " * 4
+        request = text_request("gemini-2.5-flash", prompt)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             async for _ in stub.StreamGenerateContent(request):
                 pass
