@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
+from typing import TypeGuard
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +19,8 @@ from bench.measure import STREAM_CHUNKS, STREAM_DELAY_MS, Plan, TargetData
 from bench.scaling import (
     MANY_CHUNK_DELAY_MS,
     MANY_CHUNKS,
+    REC_LOG_OFF,
+    REC_LOG_ON,
     WORKER_COUNTS,
     ManyStreamsData,
     WorkersBlock,
@@ -794,16 +797,19 @@ def _workers_notes(workers: WorkersData, which: str = "") -> list[str]:
 
 # --- recording and logging on vs off, one worker, in the workers phase ------------------------
 
-_ON, _OFF = "rec+log", "rec+log off"
 
-
-def has_recording_variants(workers: WorkersData | None) -> bool:
-    return workers is not None and all(workers.variants.get(v) for v in (_ON, _OFF))
+def has_recording_variants(workers: WorkersData | None) -> TypeGuard[WorkersData]:
+    return workers is not None and all(workers.variants.get(v) for v in (REC_LOG_ON, REC_LOG_OFF))
 
 
 def _variant_blocks(workers: WorkersData) -> tuple[list[WorkersBlock], ...]:
     """Blocks of rec+log on, recording only (the default: the 1-worker gateway), both off."""
-    return workers.variants[_ON], workers.blocks[1], workers.variants[_OFF]
+    return workers.variants[REC_LOG_ON], workers.blocks[1], workers.variants[REC_LOG_OFF]
+
+
+def _gateway_us(blocks: list[WorkersBlock]) -> float:
+    """The gateway's CPU per call, its recorder's catch-up included."""
+    return _per_call_us(blocks, lambda b: b.gateway_cpu_s)
 
 
 def h2load_recording_ratio(workers: WorkersData) -> float:
@@ -814,7 +820,7 @@ def h2load_recording_ratio(workers: WorkersData) -> float:
 def _h2load_recording_table(workers: WorkersData, which: str = "") -> TableData:
     on, default, off = _variant_blocks(workers)
     blocks = (on, default, off)
-    cpu = [_per_call_us(b, lambda block: block.gateway_cpu_s) for b in blocks]
+    cpu = [_gateway_us(b) for b in blocks]
     rows = [
         [
             "throughput (req/s)",
@@ -833,7 +839,7 @@ def _h2load_recording_table(workers: WorkersData, which: str = "") -> TableData:
         ],
         [
             "recorder dropped events",
-            *(f"{workers.dropped_events.get(k, 0):.0f}" for k in (_ON, 1, _OFF)),
+            *(f"{workers.dropped_events.get(k, 0):.0f}" for k in (REC_LOG_ON, 1, REC_LOG_OFF)),
             "—",
         ],
     ]
@@ -869,13 +875,10 @@ def _h2load_recording_target(
     beside the main table's, which shares the cores with a Python client and the emulator."""
     ratio = h2load_recording_ratio(workers)
     on, _default, off = _variant_blocks(workers)
-    added = _per_call_us(on, lambda b: b.gateway_cpu_s) - _per_call_us(
-        off, lambda b: b.gateway_cpu_s
-    )
+    added = _gateway_us(on) - _gateway_us(off)
     where = f"1 worker, c={workers.concurrency}, load from {workers.load_generator}"
     was = ""
     if has_recording_variants(old):
-        assert old is not None
         goal = f"≥ {TARGET_RECORDING_RATIO:.0%}"
         judged = Figure(
             f"throughput, rec+log on / off, {where}",
@@ -891,8 +894,7 @@ def _h2load_recording_target(
         figures.append(
             Figure(
                 f"gateway CPU per call (µs), rec+log on - off, {where}",
-                _per_call_us(old_on, lambda b: b.gateway_cpu_s)
-                - _per_call_us(old_off, lambda b: b.gateway_cpu_s),
+                _gateway_us(old_on) - _gateway_us(old_off),
                 added,
                 "µs",
                 False,
@@ -1115,12 +1117,10 @@ def build_report(
         if has_recording_variants(workers):
             tables.append(_h2load_recording_table(workers))
             if has_recording_variants(old_workers):
-                assert old_workers is not None
                 tables.append(_h2load_recording_table(old_workers, which=" — before"))
             targets.append(_h2load_recording_target(workers, old_workers, figures))
             notes += _h2load_recording_notes(workers)
             if has_recording_variants(old_workers):
-                assert old_workers is not None
                 notes += _h2load_recording_notes(old_workers, which=" (before)")
         if workers.failed:
             failed = True

@@ -70,11 +70,12 @@ WORKER_COUNTS = (1, 2)
 # One worker with usage recording and request logging both on, and both off, measured in the
 # same rounds as the default (recording only): the recording target judged where the gateway
 # alone saturates the machine. Each with the recorder events a call makes.
+REC_LOG_ON, REC_LOG_OFF = "rec+log", "rec+log off"
 RECORDING_VARIANTS: dict[str, dict[str, bool]] = {
-    "rec+log": {"logging": True},
-    "rec+log off": {"record_usage": False},
+    REC_LOG_ON: {"logging": True},
+    REC_LOG_OFF: {"record_usage": False},
 }
-EVENTS_PER_CALL: dict[int | str, int] = {"rec+log": 2, "rec+log off": 0}
+EVENTS_PER_CALL: dict[int | str, int] = {REC_LOG_ON: 2, REC_LOG_OFF: 0}
 # The Python fallback opens this many HTTP/2 connections: one would reach a single worker,
 # since SO_REUSEPORT spreads connections, not calls.
 PYTHON_CHANNELS = 16
@@ -335,7 +336,13 @@ def workers_phase(
         for variant, options in RECORDING_VARIANTS.items():
             name = "gw-1-worker-" + variant.replace("+", "-").replace(" ", "-") + suffix
             gateways[suffix, variant] = services.start_gateway(
-                name, "aiohttp", upstream.url, workers=1, checkout=checkout, **options
+                name,
+                "aiohttp",
+                upstream.url,
+                workers=1,
+                checkout=checkout,
+                logging=options.get("logging", False),
+                record_usage=options.get("record_usage", True),
             )
     for gateway in gateways.values():
         wait_gateway_ready(gateway)
