@@ -57,6 +57,9 @@ POOL_QUOTA_ID = "upstream_connections"
 # much each one given back moves the running mean (an exponentially weighted average).
 DEFAULT_HOLD_S = 1.0
 HOLD_MEAN_WEIGHT = 0.2
+# A call stops waiting for a connection this long before its own time runs out: the gateway,
+# not gRPC's deadline timer, then ends it, with a status that says why (and it is counted).
+POOL_WAIT_RESERVE_S = 0.05
 
 POOL_EXHAUSTED = Counter(
     "gateway_upstream_pool_exhausted",
@@ -151,13 +154,15 @@ class ConnectionSlots:
         """Take a slot, waiting for one if need be; what is left of `timeout_s` then.
 
         PoolExhausted (RESOURCE_EXHAUSTED) when none came within `wait_s`; PoolTimedOut
-        (DEADLINE_EXCEEDED) when `timeout_s`, the call's own time, ran out first.
+        (DEADLINE_EXCEEDED) when `timeout_s`, the call's own time, ran out first (less
+        POOL_WAIT_RESERVE_S, so that the gateway ends the call before gRPC's deadline does).
         """
         if self.take_nowait():
             return timeout_s
         started = time.monotonic()
-        out_of_time = timeout_s < self.wait_s
-        if await self._wait(min(timeout_s, self.wait_s)):
+        usable_s = timeout_s - POOL_WAIT_RESERVE_S
+        out_of_time = 0 < self.wait_s and usable_s < self.wait_s
+        if await self._wait(max(0.0, min(usable_s, self.wait_s))):
             left_s = timeout_s - (time.monotonic() - started)
             if left_s > 0:
                 return left_s
