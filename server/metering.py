@@ -34,15 +34,6 @@ GENERATE_REQUESTS = frozenset(
     for module in (generative_service_pb2, v1_generative_service_pb2)
 )
 
-# Token kinds as usageMetadata names them, and as the metrics' `kind` label says them.
-_TOKEN_FIELDS = (
-    ("prompt", "prompt_token_count"),
-    ("candidates", "candidates_token_count"),
-    ("cached", "cached_content_token_count"),
-    ("thoughts", "thoughts_token_count"),
-    ("tool_use", "tool_use_prompt_token_count"),
-)
-
 
 def status_name(error: BaseException | None) -> str:
     """The gRPC code name a caller sees for a call that ended with `error`."""
@@ -75,7 +66,8 @@ class UsageMetrics:
         )  # fmt: skip
 
     def observe(self, event: UsageEvent) -> None:
-        values = tuple(event.labels.get(key, "") for key in self.label_keys)
+        keys = self.label_keys
+        values = tuple([event.labels.get(key, "") for key in keys]) if keys else ()
         self._child(self.requests, (event.model, event.method, event.status, *values)).inc()
         for kind, amount in (
             ("prompt", event.prompt_tokens),
@@ -161,8 +153,6 @@ class CallMeter:
         """Count the call and hand its usage event to the recorder; returns the event."""
         status = status_name(error)
         usage = self._usage
-        # v1's UsageMetadata has no cached_content_token_count: what a version lacks counts 0.
-        counts = {kind: getattr(usage, name, 0) if usage else 0 for kind, name in _TOKEN_FIELDS}
         first_chunk_ms = None
         if self._streaming and self._first_chunk is not None:
             first_chunk_ms = (self._first_chunk - self._started) * 1000
@@ -174,11 +164,12 @@ class CallMeter:
             method=self._method,
             labels=self._labels,
             status=status,
-            prompt_tokens=counts["prompt"],
-            candidates_tokens=counts["candidates"],
-            cached_tokens=counts["cached"],
-            thoughts_tokens=counts["thoughts"],
-            tool_use_tokens=counts["tool_use"],
+            prompt_tokens=usage.prompt_token_count if usage else 0,
+            candidates_tokens=usage.candidates_token_count if usage else 0,
+            # v1's UsageMetadata has no cached_content_token_count: what it lacks counts 0.
+            cached_tokens=getattr(usage, "cached_content_token_count", 0) if usage else 0,
+            thoughts_tokens=usage.thoughts_token_count if usage else 0,
+            tool_use_tokens=usage.tool_use_prompt_token_count if usage else 0,
             total_tokens=usage.total_token_count if usage else 0,
             latency_ms=(time.perf_counter() - self._started) * 1000,
             first_chunk_ms=first_chunk_ms,

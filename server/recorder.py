@@ -18,9 +18,8 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,13 +45,13 @@ RETRY_DELAY_S = 0.1
 RETRY_DELAY_MAX_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
     """What one GenerateContent / StreamGenerateContent call used.
 
     `method` is the short RPC name, `status` the gRPC code name ("OK", "RESOURCE_EXHAUSTED"),
     token counts are usageMetadata's (prompt includes cached), `first_chunk_ms` is set for
-    streams only, `incomplete` marks a call that ended before its last chunk.
+    streams only, `incomplete` marks a call that ended before its last chunk. A named tuple:
+    immutable like a frozen dataclass, and made in a third of its time (one per call).
     """
 
     time: datetime

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from google.protobuf.message import Message
+from google.protobuf.descriptor import Descriptor
 
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     content_pb2,
@@ -205,9 +206,10 @@ def has_unlogged_media(request: GenerateRequest) -> bool:
     return any(_part_has_unlogged_media(part) for content in contents for part in content.parts)
 
 
-def _api_version(request: Message) -> str:
+@functools.cache
+def _api_version(request_type: Descriptor) -> str:
     # google.ai.generativelanguage.v1beta.GenerateContentRequest -> v1beta
-    return request.DESCRIPTOR.full_name.rsplit(".", 2)[-2]
+    return request_type.full_name.rsplit(".", 2)[-2]
 
 
 def _error_message(error: BaseException | None) -> str:
@@ -269,7 +271,7 @@ class LoggedCallMeter(CallMeter):
                 create_time=self._created,
                 model=usage.model,
                 method=usage.method,
-                api_version=_api_version(self._request),
+                api_version=_api_version(self._request.DESCRIPTOR),
                 labels=usage.labels,
                 status=usage.status,
                 error_message=_error_message(error),

@@ -184,8 +184,27 @@ _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 _STRING = FieldDescriptor.TYPE_STRING
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+# A field path as the walk goes: (parent, segment), None at the request itself; a segment is
+# a field name, a list index, or a 1-tuple holding a map key. Made into text only for a
+# problem found, since nearly every request has none.
+FieldPath = tuple[Any, str | int | tuple[object]] | None
+
+
+def _path_text(path: FieldPath) -> str:
+    """`contents[0].parts[1].inline_data`, `labels['k']`: as problems name fields."""
+    segments: list[str | int | tuple[object]] = []
+    while path is not None:
+        path, segment = path
+        segments.append(segment)
+    text = ""
+    for segment in reversed(segments):
+        if isinstance(segment, int):
+            text += f"[{segment}]"
+        elif isinstance(segment, tuple):
+            text += f"[{segment[0]!r}]"
+        else:
+            text = f"{text}.{segment}" if text else segment
+    return text
 
 
 def _message_type(field: FieldDescriptor) -> Descriptor:
@@ -304,15 +323,15 @@ def _special(message: Any, path: str) -> Violations:
     return _any(message, path)
 
 
-def _enum(field: FieldDescriptor, number: int, path: str) -> Violations:
+def _enum(field: FieldDescriptor, number: int, path: FieldPath) -> Violations:
     enum = field.enum_type
     if number == 0 or enum is None or number in enum.values_by_number:
         return []
-    return [(path, f"{number} is not a value of {enum.name}")]
+    return [(_path_text(path), f"{number} is not a value of {enum.name}")]
 
 
 # What _walk does with a set field, by kind (decided once per field, see _plan).
-_SKIP, _ENUM_VALUE, _ENUM_LIST, _MESSAGE_VALUE, _MESSAGE_LIST, _MAP, _PAGE_SIZE = range(7)
+_ENUM_VALUE, _ENUM_LIST, _MESSAGE_VALUE, _MESSAGE_LIST, _MAP, _PAGE_SIZE = range(6)
 
 
 @cache
@@ -337,42 +356,66 @@ def _plan(descriptor: Descriptor) -> dict[FieldDescriptor, int]:
     return plan
 
 
-def _walk(message: Any, prefix: str, problems: Violations) -> None:
-    plan = _plan(message.DESCRIPTOR)
-    for field, value in message.ListFields():
-        kind = plan.get(field, _SKIP)
-        if kind == _SKIP:
+@cache
+def _is_special(descriptor: Descriptor) -> bool:
+    return descriptor.full_name in _SPECIAL
+
+
+def _walk(message: Any, path: FieldPath, problems: Violations) -> None:
+    _walk_fields(message.ListFields(), _plan(message.DESCRIPTOR), path, problems)
+
+
+def _walk_fields(
+    fields: list[tuple[FieldDescriptor, Any]],
+    plan: dict[FieldDescriptor, int],
+    path: FieldPath,
+    problems: Violations,
+) -> None:
+    """Look into a message's set `fields` (its ListFields()) that its type's `plan` names."""
+    for field, value in fields:
+        kind = plan.get(field)
+        if kind is None:
             continue
-        path = _join(prefix, field.name)
+        here = (path, field.name)
         if kind == _MESSAGE_VALUE:
-            _check_message(value, path, problems)
+            _check_message(value, here, problems)
         elif kind == _MESSAGE_LIST:
+            item_type = _message_type(field)
+            if _is_special(item_type):
+                for index, item in enumerate(value):
+                    problems += _special(item, _path_text((here, index)))
+                continue
+            item_plan = _plan(item_type)  # one lookup for the whole list
             for index, item in enumerate(value):
-                _check_message(item, f"{path}[{index}]", problems)
+                item_fields = item.ListFields()
+                for item_field, _ in item_fields:
+                    if item_field in item_plan:  # else nothing to look at (a text part)
+                        _walk_fields(item_fields, item_plan, (here, index), problems)
+                        break
         elif kind == _ENUM_VALUE:
-            problems += _enum(field, value, path)
+            problems += _enum(field, value, here)
         elif kind == _ENUM_LIST:
             for index, number in enumerate(value):
-                problems += _enum(field, number, f"{path}[{index}]")
+                problems += _enum(field, number, (here, index))
         elif kind == _MAP:
-            _walk_map(field.message_type, value, path, problems)
+            _walk_map(_message_type(field), value, here, problems)
         elif value < 0:  # _PAGE_SIZE
-            problems.append((path, f"must not be negative, got {value}"))
+            problems.append((_path_text(here), f"must not be negative, got {value}"))
 
 
-def _walk_map(entry: Descriptor, value: Any, path: str, problems: Violations) -> None:
+def _walk_map(entry: Descriptor, value: Any, path: FieldPath, problems: Violations) -> None:
     value_field = entry.fields_by_name["value"]
     if value_field.type == _ENUM:
         for key, number in value.items():
-            problems += _enum(value_field, number, f"{path}[{key!r}]")
+            problems += _enum(value_field, number, (path, (key,)))
     else:
         for key, item in value.items():
-            _check_message(item, f"{path}[{key!r}]", problems)
+            _check_message(item, (path, (key,)), problems)
 
 
-def _check_message(message: Any, path: str, problems: Violations) -> None:
-    if message.DESCRIPTOR.full_name in _SPECIAL:
-        problems += _special(message, path)
+def _check_message(message: Any, path: FieldPath, problems: Violations) -> None:
+    if _is_special(message.DESCRIPTOR):
+        problems += _special(message, _path_text(path))
     else:
         _walk(message, path, problems)
 
@@ -382,7 +425,7 @@ def check_values(request: Message) -> Violations:
     (see the module docstring); empty when there are none."""
     problems: Violations = []
     if _worth_walking(request.DESCRIPTOR):
-        _check_message(request, "", problems)
+        _check_message(request, None, problems)
     return problems
 
 

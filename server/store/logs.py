@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -118,9 +119,17 @@ def _thought(part: Any) -> bool:
     return bool(getattr(part, "thought", False))
 
 
-def _text_of(content: Any, *, thoughts: bool) -> list[str]:
-    """The text parts of a Content, thoughts included only when asked."""
-    return [part.text for part in content.parts if part.text and (thoughts or not _thought(part))]
+def _part_texts(content: Any) -> tuple[list[str], list[str]]:
+    """The texts of a Content's text parts: (all of them, those that are not thoughts)."""
+    every: list[str] = []
+    answer: list[str] = []
+    for part in content.parts:
+        text = part.text
+        if text:
+            every.append(text)
+            if not _thought(part):
+                answer.append(text)
+    return every, answer
 
 
 def _clean(text: str) -> str:
@@ -261,7 +270,9 @@ def _set_last(target: Message, descriptor: Any, value: Any) -> None:
 
 
 @functools.cache
-def _finish_reason_names(enum_type: Any) -> dict[int, str]:
+def _finish_reason_names(candidate_type: Descriptor) -> dict[int, str]:
+    enum_type = candidate_type.fields_by_name["finish_reason"].enum_type
+    assert enum_type is not None
     return {v.number: v.name for v in enum_type.values if v.number != 0}
 
 
@@ -269,66 +280,53 @@ def _finish_reason(candidate: Any) -> str:
     value = candidate.finish_reason
     if not value:
         return ""
-    enum_type = candidate.DESCRIPTOR.fields_by_name["finish_reason"].enum_type
-    return _finish_reason_names(enum_type).get(value, str(value))
+    return _finish_reason_names(candidate.DESCRIPTOR).get(value, str(value))
 
 
-def _prompt_preview(request: Any) -> str:
-    """Text of the last user turn (a turn without a role is the user's), a line per part."""
-    for content in reversed(request.contents):
-        if content.role in ("user", ""):
-            return _clean("\n".join(_text_of(content, thoughts=False)).strip())[:PREVIEW_CHARS]
-    return ""
+@functools.cache
+def _has_system_instruction(request_type: Descriptor) -> bool:
+    # v1's request has none.
+    return "system_instruction" in request_type.fields_by_name
 
 
-def _search_text(request: Any, response: Any) -> str:
-    texts: list[str] = []
-    if "system_instruction" in request.DESCRIPTOR.fields_by_name and request.HasField(
-        "system_instruction"
-    ):
-        texts.extend(_text_of(request.system_instruction, thoughts=True))
+def _preview(texts: list[str], separator: str) -> str:
+    return _clean(separator.join(texts).strip())[:PREVIEW_CHARS]
+
+
+def _derive(request: Any, response: Any) -> tuple[str, str, str, str, str]:
+    """What the writer stores of a call's messages beside their bytes: (prompt preview,
+    response preview, finish reason, response id, search text), in one walk of each.
+
+    The prompt preview is the last user turn's text (a turn without a role is the user's),
+    a line per part; the response preview the first candidate's answer text, whose parts are
+    pieces of one text (a stream's, around a call); the search text every text, thoughts
+    included.
+    """
+    search: list[str] = []
+    if _has_system_instruction(request.DESCRIPTOR) and request.HasField("system_instruction"):
+        search += _part_texts(request.system_instruction)[0]
+    prompt: list[str] = []
     for content in request.contents:
-        texts.extend(_text_of(content, thoughts=True))
-    if response is not None:
-        for candidate in response.candidates:
-            texts.extend(_text_of(candidate.content, thoughts=True))
-    text = "\n".join(texts)
-    return _clean(text[:MAX_SEARCH_CHARS])
-
-
-@dataclass(frozen=True, slots=True)
-class _Derived:
-    """What the writer stores of a call's messages beside its figures."""
-
-    request_pb: bytes
-    response_pb: bytes | None
-    prompt_preview: str
-    response_preview: str
-    finish_reason: str
-    response_id: str
-    search_text: str
-
-
-def _derive(event: LogEvent) -> _Derived:
-    request: Any = event.request
-    response: Any = merge_stream_chunks(event.responses)
+        every, answer = _part_texts(content)
+        search += every
+        if content.role in ("user", ""):
+            prompt = answer
     response_preview = finish_reason = response_id = ""
     if response is not None:
         response_id = _clean(response.response_id)
-        if response.candidates:
-            first = response.candidates[0]
-            # Text parts of an answer are pieces of one text (a stream's, around a call).
-            text = "".join(_text_of(first.content, thoughts=False)).strip()
-            response_preview = _clean(text)[:PREVIEW_CHARS]
-            finish_reason = _finish_reason(first)
-    return _Derived(
-        request_pb=request.SerializeToString(),
-        response_pb=None if response is None else response.SerializeToString(),
-        prompt_preview=_prompt_preview(request),
-        response_preview=response_preview,
-        finish_reason=finish_reason,
-        response_id=response_id,
-        search_text=_search_text(request, response),
+        for position, candidate in enumerate(response.candidates):
+            every, answer = _part_texts(candidate.content)
+            search += every
+            if position == 0:
+                response_preview = _preview(answer, "")
+                finish_reason = _finish_reason(candidate)
+    text = "\n".join(search)
+    return (
+        _preview(prompt, "\n"),
+        response_preview,
+        finish_reason,
+        response_id,
+        _clean(text[:MAX_SEARCH_CHARS]),
     )
 
 
@@ -497,8 +495,14 @@ def _finite(value: float | None) -> float | None:
 
 
 def _row(event: LogEvent, db: _Statements) -> tuple[Any, ...]:
-    derived = _derive(event)
-    offsets = [round(ms, 3) for ms in event.chunk_offsets_ms if math.isfinite(ms)]
+    request: Any = event.request
+    response: Any = merge_stream_chunks(event.responses)
+    prompt_preview, response_preview, finish_reason, response_id, search_text = _derive(
+        request, response
+    )
+    offsets = event.chunk_offsets_ms
+    if offsets:
+        offsets = [round(ms, 3) for ms in offsets if math.isfinite(ms)]
     return (
         event.id, event.project, db.time(event.create_time), event.caller, event.model,
         event.method, event.api_version, _labels_json(tuple(event.labels.items())),
@@ -506,9 +510,10 @@ def _row(event: LogEvent, db: _Statements) -> tuple[Any, ...]:
         _finite(event.latency_ms) or 0.0, _finite(event.first_chunk_ms),
         int(event.prompt_tokens), int(event.candidates_tokens), int(event.cached_tokens),
         int(event.thoughts_tokens), int(event.tool_use_tokens), int(event.total_tokens),
-        bool(event.incomplete), derived.finish_reason, derived.response_id,
-        derived.prompt_preview, derived.response_preview, derived.search_text,
-        derived.request_pb, derived.response_pb, "", "", json.dumps(offsets) if offsets else "[]",
+        bool(event.incomplete), finish_reason, response_id, prompt_preview, response_preview,
+        search_text, request.SerializeToString(),
+        None if response is None else response.SerializeToString(), "", "",
+        json.dumps(offsets) if offsets else "[]",
     )  # fmt: skip
 
 

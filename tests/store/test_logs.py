@@ -473,6 +473,26 @@ async def test_previews_are_cut_and_come_from_the_last_user_turn(store: Store) -
     assert record.response_preview == "ü" * 200
 
 
+async def test_search_covers_every_text_and_previews_leave_thoughts_out(store: Store) -> None:
+    sent = request("", system="alpha", history=[("user", "bravo"), ("model", "charlie")])
+    last_turn = sent.contents[-1]
+    del last_turn.parts[:]
+    last_turn.parts.extend(
+        [Part(text="delta"), Part(text="echo", thought=True), Part(text="foxtrot")]
+    )
+    answer = response("golf")
+    answer.candidates[0].content.parts.insert(0, Part(text="hotel", thought=True))
+    second = answer.candidates.add(finish_reason=Candidate.MAX_TOKENS)
+    second.content.parts.add(text="india")
+    await write(store, [event(1, request=sent, responses=[answer]), event(2)])
+    [record] = await get_logs(store, "p1", [log_id(1)])
+    # The last user turn, a line per part; the first candidate's answer: no thoughts.
+    assert (record.prompt_preview, record.response_preview) == ("delta\nfoxtrot", "golf")
+    assert record.finish_reason == "STOP"  # the first candidate's
+    for word in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"):
+        assert names((await list_logs(store, "p1", filter_text=word))[0]) == [1], word
+
+
 async def test_a_failed_call_has_no_response_and_keeps_its_error(store: Store) -> None:
     await write(
         store,
