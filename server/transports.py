@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Protocol
 
 import aiohttp
@@ -403,6 +404,9 @@ class AiohttpTransport:
             headers={"user-agent": USER_AGENT},
             auto_decompress=True,
             skip_auto_headers=("content-type",),
+            # Every caller shares this session: a cookie kept from one caller's answer would
+            # go out with the next caller's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def open(
@@ -496,6 +500,8 @@ class HttpxTransport:
                 max_keepalive_connections=settings.max_connections,
             ),
             headers={"user-agent": USER_AGENT},
+            # Shared by every caller, so it keeps no cookie (see AiohttpTransport).
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         )
 
     async def open(
