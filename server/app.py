@@ -300,7 +300,8 @@ async def _start(
         log_capture=LogCapture(recorder, policies),
         tenancy=Tenancy.from_settings(store, callers, settings),
     )
-    runs = RunServicer(store, callers, forwarder, prices)
+    runs = RunServicer(store, callers, forwarder, prices, lease_s=settings.run_lease_s)
+    await runs.start()
     opened.push_async_callback(runs.stop)
     # Before the forwarder's: its GetOperation answers the gateway's own operations too.
     server.add_generic_rpc_handlers(

@@ -318,6 +318,12 @@ class Settings(BaseSettings):
     log_purge_interval_s: float = Field(
         3600.0, gt=0, description="How often expired logs are looked for and deleted."
     )
+    run_lease_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="A dataset re-run's lease, extended every quarter of it while the run goes "
+        "on; an unfinished run past its lease was left by a process that died, and is failed.",
+    )
     metrics_label_keys: list[str] = Field(
         default_factory=list,
         description="Label keys that become Prometheus label dimensions; others never do.",

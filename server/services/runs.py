@@ -10,8 +10,11 @@ WaitOperation / WatchOperation for such names (server/operations.py). Its metada
 GetRun gives the results) or `error` says why it FAILED.
 
 Runs are tasks of this process. `stop()` cancels those still running and marks them FAILED
-(UNAVAILABLE) at once, before the store closes; a run of a process that died without
-stopping stays RUNNING, since nothing in the store says whether its process still lives.
+(UNAVAILABLE) at once, before the store closes. While a run goes on, this process extends its
+lease in the store every quarter of `RUN_LEASE_S`; a run whose lease has run out was left by a
+process that died without stopping, and every replica fails such runs at start and at each
+renewal (FAILED, UNAVAILABLE). A run of this process that another replica ended meanwhile (its
+lease lapsed while the store was out of reach), or that was deleted, is cancelled here.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from gemini_gateway.server.reruns import (
     identity_metadata,
 )
 from gemini_gateway.server.store import Store
+from gemini_gateway.server.store.engine import describe_error
 from gemini_gateway.server.store.runs import (
     MAX_PAGE_SIZE,
+    RUN_LEASE_S,
     CallOutput,
     EmptyDataset,
     NoSuchDataset,
@@ -57,8 +62,10 @@ from gemini_gateway.server.store.runs import (
     Tokens,
     create_run,
     dataset_exists,
+    fail_abandoned_runs,
     get_run,
     list_runs,
+    renew_run_leases,
     set_run_state,
 )
 
@@ -263,7 +270,13 @@ def _concurrency(request: runs_pb2.RerunDatasetRequest) -> int:
 
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     def __init__(
-        self, store: Store, callers: CallerDirectory, forwarder: Forwarder, prices: PriceTable
+        self,
+        store: Store,
+        callers: CallerDirectory,
+        forwarder: Forwarder,
+        prices: PriceTable,
+        *,
+        lease_s: float | None = None,
     ) -> None:
         self._store = store
         self._callers = callers
@@ -271,6 +284,46 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self._executor = RunExecutor(store, forwarder)
         self._tasks: dict[RunKey, asyncio.Task[None]] = {}
         self._stopping = False
+        self._lease_s = RUN_LEASE_S if lease_s is None else lease_s
+        self._upkeep: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Fail the runs left by processes that died, then keep this process's runs leased."""
+        await self._fail_abandoned()
+        self._upkeep = asyncio.get_running_loop().create_task(
+            self._keep_leases(), name="run-leases"
+        )
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 4)
+            if self._tasks:
+                await self._renew()
+            await self._fail_abandoned()
+
+    async def _renew(self) -> None:
+        try:
+            gone = await renew_run_leases(self._store, list(self._tasks), lease_s=self._lease_s)
+        except Exception as exc:  # the store is out of reach: try again at the next round
+            log.warning("could not extend the leases of the runs: %s", describe_error(exc))
+            return
+        for key in gone:  # ended by another replica, or deleted: stop sending its requests
+            task = self._tasks.get(key)
+            if task is not None and not task.done():
+                log.warning("run %s was ended elsewhere; stopping it here", key.name)
+                task.cancel()
+
+    async def _fail_abandoned(self) -> None:
+        try:
+            failed = await fail_abandoned_runs(self._store)
+        except Exception as exc:
+            log.warning("could not look for abandoned runs: %s", describe_error(exc))
+            return
+        for key in failed:
+            log.warning(
+                "run %s was left unfinished by a gateway process that stopped; it is FAILED",
+                key.name,
+            )
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         return self._callers.identify(context.invocation_metadata() or ())
@@ -341,6 +394,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     if generation_config is not None
                     else "",
                     prices=self._prices,
+                    lease_s=self._lease_s,
                 )
             except NoSuchDataset as exc:
                 raise errors.UpstreamError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
@@ -422,6 +476,10 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def stop(self) -> None:
         """Cancel the runs still going and mark them FAILED. Call before the store closes."""
         self._stopping = True
+        upkeep, self._upkeep = self._upkeep, None
+        if upkeep is not None:
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
         running = list(self._tasks.items())
         for _, task in running:
             task.cancel()

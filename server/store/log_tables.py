@@ -161,6 +161,9 @@ class DatasetRun(Base):
     error_code: Mapped[int] = mapped_column(sa.Integer(), default=0)
     error_message: Mapped[str] = mapped_column(sa.Text(), default="")
     request_count: Mapped[int] = mapped_column(sa.Integer(), default=0)
+    # Until when the gateway process executing the run holds it (it extends this while the
+    # run goes on): an unfinished run past it was left by a process that died.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class RunResultRow(Base):

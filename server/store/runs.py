@@ -23,7 +23,7 @@ import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 import grpc
@@ -45,6 +45,14 @@ from gemini_gateway.server.store.page_tokens import decode_page_token, encode_pa
 RunMode = Literal["direct", "batch"]
 RunState = Literal["pending", "running", "succeeded", "failed"]
 UNFINISHED: tuple[RunState, ...] = ("pending", "running")
+# A run is executed by the gateway process that created it, which extends the run's lease
+# while it goes on (services/runs.py, every quarter of this). An unfinished run whose lease
+# has run out was left by a process that died without ending it: any replica fails it.
+RUN_LEASE_S = 60.0
+ABANDONED_MESSAGE = (
+    "the gateway process running it stopped without ending it (its lease ran out); "
+    "start the run again"
+)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # Rows per multi-row INSERT: far below SQLite's and asyncpg's bound-parameter limits.
@@ -336,8 +344,10 @@ async def create_run(
     generation_config_json: str = "",
     prices: PriceTable,
     now: datetime | None = None,
+    lease_s: float = RUN_LEASE_S,
 ) -> RunRecord:
-    """A new PENDING run over the dataset's logs as they are now (newest first).
+    """A new PENDING run over the dataset's logs as they are now (newest first), leased
+    for `lease_s` to the process creating it (which executes it).
 
     Raises NoSuchDataset or EmptyDataset.
     """
@@ -392,6 +402,7 @@ async def create_run(
                 error_code=0,
                 error_message="",
                 request_count=len(originals),
+                lease_until=created + timedelta(seconds=lease_s),
             )
         )
         rows = [
@@ -483,6 +494,54 @@ async def set_run_state(
     async with store.begin() as conn:
         result = await conn.execute(statement)
     return bool(result.rowcount)
+
+
+async def renew_run_leases(
+    store: Store,
+    keys: Iterable[RunKey],
+    *,
+    lease_s: float = RUN_LEASE_S,
+    now: datetime | None = None,
+) -> list[RunKey]:
+    """Extend the leases of the unfinished runs among `keys` (those this process executes)
+    to `lease_s` from now; returns the keys that are no longer unfinished (ended by another
+    replica, or deleted with their dataset)."""
+    until = _now(now) + timedelta(seconds=lease_s)
+    gone = []
+    async with store.begin() as conn:
+        for key in keys:
+            statement = (
+                _runs.update()
+                .where(key.where(_runs), _runs.c.state.in_(UNFINISHED))
+                .values(lease_until=until)
+            )
+            if not (await conn.execute(statement)).rowcount:
+                gone.append(key)
+    return gone
+
+
+async def fail_abandoned_runs(store: Store, *, now: datetime | None = None) -> list[RunKey]:
+    """End as FAILED (UNAVAILABLE) every unfinished run whose lease has run out, or that has
+    none (written before leases were kept); returns their keys."""
+    ended = _now(now)
+    lapsed = sa.and_(
+        _runs.c.state.in_(UNFINISHED),
+        sa.or_(_runs.c.lease_until.is_(None), _runs.c.lease_until < ended),
+    )
+    statement = (
+        _runs.update()
+        .where(lapsed)
+        .values(
+            state="failed",
+            end_time=ended,
+            error_code=grpc.StatusCode.UNAVAILABLE.value[0],
+            error_message=ABANDONED_MESSAGE,
+        )
+        .returning(_runs.c.project, _runs.c.dataset_id, _runs.c.run_id)
+    )
+    async with store.begin() as conn:
+        rows = (await conn.execute(statement)).all()
+    return [RunKey(*row) for row in rows]
 
 
 async def record_answers(store: Store, key: RunKey, answers: Sequence[RerunAnswer]) -> None:

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import re
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,6 +46,7 @@ from gemini_gateway.server.config import CallerConfig, ProjectConfig, Settings
 from gemini_gateway.server.identity import token_sha256
 from gemini_gateway.server.reruns import RUN_LABEL
 from gemini_gateway.server.store.logs import list_logs
+from gemini_gateway.server.store.runs import ABANDONED_MESSAGE
 from tests.store.support import FreshUrl
 
 FLASH = "models/gemini-2.5-flash"
@@ -503,3 +510,97 @@ async def test_a_stopping_gateway_fails_its_runs(
         operations_pb2.GetOperationRequest(name=run.batch), metadata=bearer(ALPHA)
     )
     assert batch.done and batch.error.code == grpc.StatusCode.CANCELLED.value[0]
+
+
+def _config(folder: Path) -> Path:
+    """The module's projects and callers as a gateway.toml, for a gateway in a subprocess."""
+    lines = []
+    for project, (caller, token) in {"alpha": ("alice", ALPHA), "beta": ("bob", BETA)}.items():
+        lines += [
+            f"[[projects.{project}.callers]]",
+            f'name = "{caller}"',
+            f'token_sha256 = "{token_sha256(token)}"',
+        ]
+    path = folder / "gateway.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _serve_in_a_subprocess(folder: Path, emulator: EmulatorHandle, store_url: str) -> Any:
+    """`gemini-gateway serve` on the module's store with a 1 s run lease; returns (process,
+    its target) once it listens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_GATEWAY_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        PYTHONUNBUFFERED="1",
+        GEMINI_GATEWAY_CONFIG=str(_config(folder)),
+        GEMINI_GATEWAY_STORE_URL=store_url,
+        GEMINI_GATEWAY_RUN_LEASE_S="1",
+    )
+    command = [sys.executable, "-m", "gemini_gateway.cli", "serve", "--upstream", emulator.url]
+    command += ["--port", "0", "--metrics-port", "0", "--console-port", "0", "--workers", "1"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder
+    )
+    output: list[str] = []
+    target: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:  # keeps the pipe drained until the process ends
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            found = re.search(r"Gemini gRPC gateway listening on (\S+)", line)
+            if found:
+                target.append(found.group(1))
+                listening.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not listening.wait(40):
+        process.kill()
+        raise AssertionError("the gateway did not start:\n" + "".join(output))
+    return process, target[0]
+
+
+async def test_a_run_whose_gateway_died_is_failed_by_another(
+    gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A gateway process runs a batch run, holding its 1 s lease, beside a gateway that looks
+    for lapsed leases 4 times a second; killed (SIGKILL), its run is failed by the other."""
+    dataset, _ = await logged_dataset(gateway, stubs, PROMPTS[:1])
+    store_url = gateway.settings.store_url
+    watcher = await start_gateway(
+        settings_for(emulator, store_url).model_copy(update={"run_lease_s": 1})
+    )
+    process, target = _serve_in_a_subprocess(tmp_path, emulator, store_url)
+    emulator.app[BATCHES_KEY].seconds = 1000.0
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            started = await runs_pb2_grpc.RunServiceStub(channel).RerunDataset(
+                runs_pb2.RerunDatasetRequest(dataset=dataset, model=FLASH, mode=runs_pb2.BATCH),
+                metadata=bearer(ALPHA),
+            )
+        run = await get_run(stubs, started.name)
+        while not run.batch:
+            await asyncio.sleep(0.05)
+            run = await get_run(stubs, started.name)
+        await asyncio.sleep(2)  # twice its lease: the live gateway keeps extending it
+        assert (await get_run(stubs, started.name)).state == runs_pb2.RUNNING
+        process.kill()
+        process.wait()
+        for _ in range(100):
+            run = await get_run(stubs, started.name)
+            if run.state != runs_pb2.RUNNING:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
+        await watcher.stop(0)
+    assert run.state == runs_pb2.FAILED
+    assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert run.error.message == ABANDONED_MESSAGE
+    done = await wait(stubs, started.name)
+    assert done.done and done.error.message == ABANDONED_MESSAGE

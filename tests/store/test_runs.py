@@ -13,8 +13,9 @@ import sqlalchemy as sa
 
 from gemini_gateway.server.pricing import PriceTable, TokenSums
 from gemini_gateway.server.store import Store
-from gemini_gateway.server.store.log_tables import DatasetLog, DatasetRow, RequestLog
+from gemini_gateway.server.store.log_tables import DatasetLog, DatasetRow, DatasetRun, RequestLog
 from gemini_gateway.server.store.runs import (
+    ABANDONED_MESSAGE,
     CallOutput,
     EmptyDataset,
     NoSuchDataset,
@@ -23,10 +24,12 @@ from gemini_gateway.server.store.runs import (
     Tokens,
     create_run,
     dataset_exists,
+    fail_abandoned_runs,
     first_candidate_text,
     get_run,
     list_runs,
     record_answers,
+    renew_run_leases,
     run_requests,
     set_run_state,
     text_similarity,
@@ -340,6 +343,46 @@ async def test_states_move_forward_only(
     run = await get_run(store, key, prices)
     assert run is not None and run.state == "failed"
     assert not await set_run_state(store, RunKey("p1", "d1", "nothing"), "running")
+
+
+async def test_runs_whose_lease_ran_out_are_failed_and_the_others_kept(
+    store: Store, prices: PriceTable, dataset: list[str]
+) -> None:
+    # Leased for 60 s from T0; one renewed until T0 + 2 min, one ended, one without a lease
+    # (written before leases were kept).
+    live, lapsed, ended, unleased = [
+        await new_run(store, prices, now=T0, lease_s=60) for _ in range(4)
+    ]
+    assert await set_run_state(store, lapsed, "running")
+    assert await set_run_state(store, ended, "succeeded", now=T0)
+    assert await renew_run_leases(store, [live], lease_s=120, now=T0) == []
+    async with store.begin() as conn:
+        await conn.execute(
+            sa.update(DatasetRun)
+            .where(DatasetRun.run_id == unleased.run_id)
+            .values(lease_until=None)
+        )
+
+    assert await fail_abandoned_runs(store, now=T0 + timedelta(seconds=59)) == [unleased]
+    failed = await fail_abandoned_runs(store, now=T0 + timedelta(seconds=61))
+    assert failed == [lapsed]
+    for key in (unleased, lapsed):
+        run = await get_run(store, key, prices)
+        assert run is not None
+        assert (run.state, run.error_code, run.error_message) == (
+            "failed",
+            14,  # UNAVAILABLE
+            ABANDONED_MESSAGE,
+        )
+    assert run.end_time == T0 + timedelta(seconds=61)
+    kept = [await get_run(store, key, prices) for key in (live, ended)]
+    assert [run.state if run else None for run in kept] == ["pending", "succeeded"]
+    # Renewing reports the runs that are no longer this process's to run.
+    gone = await renew_run_leases(
+        store, [live, lapsed, RunKey("p1", "d1", "deleted")], now=T0 + timedelta(seconds=62)
+    )
+    assert gone == [lapsed, RunKey("p1", "d1", "deleted")]
+    assert await fail_abandoned_runs(store, now=T0 + timedelta(seconds=119)) == []
 
 
 async def test_list_is_newest_first_and_paged(

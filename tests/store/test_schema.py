@@ -44,7 +44,7 @@ LOG_TABLES = {
 TENANCY_TABLES = {"resource_owners"}
 # Request logs keep their messages as protobuf bytes (revision 0005); each project's log
 # count is kept (revision 0006).
-HEAD = "0006_log_counts"
+HEAD = "0007_run_leases"
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
