@@ -202,6 +202,24 @@ def project_limits(settings: Settings) -> dict[str, ProjectLimits]:
     return result
 
 
+def per_worker_note(settings: Settings, workers: int) -> str | None:
+    """A line for the banner when several workers each keep the configured limits (limits are
+    kept per process, so together they admit up to `workers` times each); None otherwise."""
+    if workers < 2:
+        return None
+    set_anywhere = [
+        limit
+        for limit in RATE_LIMITS
+        if any(getattr(limits, limit) for limits in project_limits(settings).values())
+    ]
+    if not set_anywhere:
+        return None
+    return (
+        f"limits: each of the {workers} workers keeps its own, so a project may get up to "
+        f"{workers}x its {' / '.join(set_anywhere)} (docs/limits.md)"
+    )
+
+
 class ProjectLimiter:
     """The live state of one project's limits: its buckets, slots and calls in flight."""
 

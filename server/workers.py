@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 from gemini_gateway.server import startup
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.identity import CallerDirectory
+from gemini_gateway.server.limits import per_worker_note
 from gemini_gateway.server.log_format import configure_logging
 from gemini_gateway.server.startup import StartupError
 
@@ -411,6 +412,9 @@ async def supervise(settings: Settings, count: int) -> None:
                 print(banner_text(settings, target, upstream_base, metrics_port, console_url))
                 shown = ", ".join(str(pid) for pid in pids)
                 print(f"  workers: {count} processes sharing the port (pids {shown})", flush=True)
+                note = per_worker_note(settings, count)
+                if note is not None:
+                    print(f"  {note}", flush=True)
                 await supervisor.stopping.wait()
             log.info("shutting down %d gateway workers", count)
             await supervisor.stop(settings.shutdown_grace_s)

@@ -246,6 +246,43 @@ def test_sigterm_drains_every_worker_and_exits_0(served: Served) -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+def test_the_banner_says_when_each_worker_keeps_its_own_limits(
+    served: Served, tmp_path: Path
+) -> None:
+    assert not any(line.startswith("  limits:") for line in served.output)  # none configured
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        "GEMINI_GATEWAY_REQUESTS_PER_MINUTE": "600",
+        "GEMINI_GATEWAY_TOKENS_PER_MINUTE": "100000",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [*CLI, "serve", "--emulator", "--workers", "2", "--port", "0", "--console-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("  workers: "):
+                output.append(process.stdout.readline())
+                break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert output[-1] == (
+        "  limits: each of the 2 workers keeps its own, so a project may get up to 2x its "
+        "requests_per_minute / tokens_per_minute (docs/limits.md)\n"
+    ), "".join(output)
+
+
 # --- start-up errors --------------------------------------------------------------------------
 
 
