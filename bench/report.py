@@ -790,6 +790,13 @@ def _workers_notes(workers: WorkersData, which: str = "") -> list[str]:
         f"(≥ {TARGET_WORKERS_RATIO:g}x in {above}/{len(ratios)} rounds)",
         *([] if which else workers.notes),
     ]
+    if workers.machine_scaling and not which:
+        scaling = workers.machine_scaling
+        notes.append(
+            "Two CPU-bound Python processes at once vs one, per round (how far two whole cores "
+            f"scale on this machine, measured before the phase): {_range(scaling, '{:.2f}x')}, "
+            f"median {percentile(scaling, 50):.2f}x"
+        )
     if workers.first_error:
         notes.append(f"workers phase{which}, first error: {workers.first_error}")
     return notes
@@ -933,10 +940,16 @@ def _workers_target(workers: WorkersData, old: WorkersData | None, figures: list
             )
             for n in WORKER_COUNTS
         ]
+    machine = ""
+    if workers.machine_scaling:
+        machine = (
+            f"; two CPU-bound processes ran {percentile(workers.machine_scaling, 50):.2f}x "
+            "as fast as one here"
+        )
     return (
         f"two workers ≥ {TARGET_WORKERS_RATIO:g}x the throughput of one: "
         f"{_verdict(ratio >= TARGET_WORKERS_RATIO)} ({ratio:.2f}x{was}; load generator and "
-        f"upstream left {spare:.2f} of {_cpus()} cores to the gateway)"
+        f"upstream left {spare:.2f} of {_cpus()} cores to the gateway{machine})"
     )
 
 

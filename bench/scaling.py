@@ -23,6 +23,8 @@ import itertools
 import json
 import re
 import resource
+import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -115,6 +117,9 @@ class WorkersData:
     upstream: str
     concurrency: int
     blocks: dict[int, list[WorkersBlock]] = field(default_factory=dict)  # workers -> blocks
+    # Per round, the throughput of two CPU-bound Python processes over one's on this machine,
+    # measured before the phase: how far two whole cores scale here (machine_scaling).
+    machine_scaling: list[float] = field(default_factory=list)
     # One worker, recording variants (RECORDING_VARIANTS) -> blocks
     variants: dict[str, list[WorkersBlock]] = field(default_factory=dict)
     dropped_events: dict[int | str, float] = field(default_factory=dict)
@@ -125,6 +130,40 @@ class WorkersData:
     def failed(self) -> int:
         every = [*self.blocks.values(), *self.variants.values()]
         return sum(b.calls - b.ok for blocks in every for b in blocks)
+
+
+# A CPU-bound Python loop that prints how long it ran: the same work in one process, then in
+# two at once, says how well this machine runs two busy processes side by side.
+_SPIN = (
+    "import time\n"
+    "start = time.perf_counter()\n"
+    "x = 0\n"
+    "for i in range(3_000_000):\n"
+    "    x += i * i % 7\n"
+    "print(time.perf_counter() - start)\n"
+)
+MACHINE_ROUNDS = 8
+
+
+def _spin_seconds(processes: int) -> float:
+    """The mean time `processes` copies of the loop took, started together."""
+    children = [
+        subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    times = [float(child.communicate(timeout=60)[0]) for child in children]
+    return sum(times) / len(times)
+
+
+def machine_scaling(rounds: int = MACHINE_ROUNDS) -> list[float]:
+    """Per round, the throughput of two CPU-bound processes running at once over one alone
+    (2.0: two whole cores; below, the machine itself takes a share, whatever runs on it)."""
+    ratios = []
+    for _ in range(rounds):
+        alone = _spin_seconds(1)
+        together = _spin_seconds(2)
+        ratios.append(2 * alone / together)
+    return ratios
 
 
 def _frame(message: bytes) -> bytes:
@@ -325,6 +364,8 @@ def workers_phase(
             "a large share of the cores (apt-get install nghttp2-client)"
         )
     checkouts = {"": CURRENT, **({"-before": baseline} if baseline else {})}
+    progress("workers: how two CPU-bound processes scale on this machine")
+    scaling = machine_scaling()
     # One gateway per checkout and worker count, and per recording variant (one worker), all
     # running through the phase.
     gateways: dict[tuple[str, int | str], Service] = {}
@@ -348,7 +389,12 @@ def workers_phase(
         wait_gateway_ready(gateway)
     results = {
         suffix: WorkersData(
-            load.name, upstream_name, concurrency, {n: [] for n in WORKER_COUNTS}, notes=list(notes)
+            load.name,
+            upstream_name,
+            concurrency,
+            {n: [] for n in WORKER_COUNTS},
+            machine_scaling=scaling,
+            notes=list(notes),
         )
         for suffix in checkouts
     }
