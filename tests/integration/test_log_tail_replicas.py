@@ -10,13 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -28,24 +22,17 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2_grpc,
 )
 from gemini_gateway.server.log_event import parse_log_name
+from tests.integration.served_command import ServedCommand, launch, stop, wait_ready
 from tests.postgres import PostgresAdmin, require
 
 pytestmark = pytest.mark.postgres
 
-CLI = [sys.executable, "-m", "gemini_gateway.cli"]
 MODEL = "gemini-2.5-flash"
 START_TIMEOUT_S = 60
 # Guards against a hang only: a log crosses replicas in well under a second.
 LOG_WAIT_S = 20.0
 # How long one warm-up call waits for its log before the next is made (see `_follow`).
 WARM_UP_WAIT_S = 2.0
-
-
-@dataclass
-class Replica:
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-    target: str = ""
 
 
 def _env(folder: Path, store_url: str) -> dict[str, str]:
@@ -66,46 +53,6 @@ def _env(folder: Path, store_url: str) -> dict[str, str]:
     return env
 
 
-def _start(folder: Path, store_url: str) -> Replica:
-    process = subprocess.Popen(
-        [*CLI, "serve", "--emulator", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=folder,
-        env=_env(folder, store_url),
-    )
-    return Replica(process)
-
-
-def _await_banner(replica: Replica) -> None:
-    """Read the replica's output (for the whole test) until it says where it listens."""
-    listening = threading.Event()
-
-    def read() -> None:
-        assert replica.process.stdout is not None
-        for line in replica.process.stdout:
-            replica.output.append(line)
-            found = re.search(r"Gemini gRPC gateway listening on (\S+)", line)
-            if found:
-                replica.target = found.group(1)
-                listening.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not listening.wait(START_TIMEOUT_S):
-        raise AssertionError("the gateway did not start:\n" + "".join(replica.output))
-
-
-def _stop(replica: Replica) -> None:
-    if replica.process.poll() is None:
-        replica.process.send_signal(signal.SIGTERM)
-        try:
-            replica.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            replica.process.kill()
-            replica.process.wait()
-
-
 @pytest.fixture(scope="module")
 async def store_url(postgres: PostgresAdmin) -> str:
     require(postgres)
@@ -113,16 +60,22 @@ async def store_url(postgres: PostgresAdmin) -> str:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory, store_url: str) -> Iterator[list[Replica]]:
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, store_url: str
+) -> Iterator[list[ServedCommand]]:
     """Gateways A and B, started together on the same (empty) database."""
-    started = [_start(tmp_path_factory.mktemp(name), store_url) for name in ("a", "b")]
+    folders = [tmp_path_factory.mktemp(name) for name in ("a", "b")]
+    started = [
+        launch(["serve", "--emulator", "--port", "0"], _env(folder, store_url), folder)
+        for folder in folders
+    ]
     try:
         for replica in started:
-            _await_banner(replica)
+            wait_ready(replica, START_TIMEOUT_S)
         yield started
     finally:
         for replica in started:
-            _stop(replica)
+            stop(replica)
 
 
 class Tail:
@@ -190,7 +143,7 @@ async def _next_log(tail: Tail) -> logs_pb2.Log:
 
 
 async def test_a_tail_on_one_gateway_receives_the_calls_of_another(
-    replicas: list[Replica],
+    replicas: list[ServedCommand],
 ) -> None:
     a, b = replicas
     async with _channel(a.target) as on_a, _channel(b.target) as on_b:

@@ -7,10 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +43,7 @@ from gemini_gateway.server.identity import token_sha256
 from gemini_gateway.server.reruns import RUN_LABEL
 from gemini_gateway.server.store.logs import list_logs
 from gemini_gateway.server.store.runs import ABANDONED_MESSAGE
+from tests.integration.served_command import ServedCommand, launch, stop, wait_ready
 from tests.store.support import FreshUrl
 
 FLASH = "models/gemini-2.5-flash"
@@ -314,21 +311,15 @@ async def test_a_cancelled_batch_fails_the_run(
     dataset, _ = await logged_dataset(gateway, stubs, PROMPTS[:1])
     emulator.app[BATCHES_KEY].seconds = 1000.0
     try:
-        started = await stubs.runs.RerunDataset(
-            runs_pb2.RerunDatasetRequest(dataset=dataset, model=FLASH, mode=runs_pb2.BATCH),
-            metadata=bearer(ALPHA),
-        )
-        run = await get_run(stubs, started.name)
-        while not run.batch:
-            await asyncio.sleep(0.05)
-            run = await get_run(stubs, started.name)
+        name = await batch_run_waiting_upstream(gateway.target, dataset, stubs)
+        run = await get_run(stubs, name)
         assert run.state == runs_pb2.RUNNING
     finally:
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
     await stubs.operations.CancelOperation(
         operations_pb2.CancelOperationRequest(name=run.batch), metadata=bearer(ALPHA)
     )
-    done = await wait(stubs, started.name)
+    done = await wait(stubs, name)
     assert done.done
     assert done.error.code == grpc.StatusCode.CANCELLED.value[0]
     assert run.batch in done.error.message
@@ -481,6 +472,21 @@ async def test_bad_reads(gateway: Gateway, stubs: Stubs) -> None:
         assert error.code() == code
 
 
+async def batch_run_waiting_upstream(target: str, dataset: str, stubs: Stubs) -> str:
+    """Start a BATCH re-run of `dataset` through the gateway at `target`; its name, once the
+    run waits for its batch upstream (the caller makes the emulator's batches slow)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        started = await runs_pb2_grpc.RunServiceStub(channel).RerunDataset(
+            runs_pb2.RerunDatasetRequest(dataset=dataset, model=FLASH, mode=runs_pb2.BATCH),
+            metadata=bearer(ALPHA),
+        )
+    run = await get_run(stubs, started.name)
+    while not run.batch:
+        await asyncio.sleep(0.05)
+        run = await get_run(stubs, started.name)
+    return started.name
+
+
 async def test_a_stopping_gateway_fails_its_runs(
     gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle
 ) -> None:
@@ -489,19 +495,11 @@ async def test_a_stopping_gateway_fails_its_runs(
     other = await start_gateway(settings_for(emulator, gateway.settings.store_url))
     emulator.app[BATCHES_KEY].seconds = 1000.0
     try:
-        async with grpc.aio.insecure_channel(other.target) as channel:
-            started = await runs_pb2_grpc.RunServiceStub(channel).RerunDataset(
-                runs_pb2.RerunDatasetRequest(dataset=dataset, model=FLASH, mode=runs_pb2.BATCH),
-                metadata=bearer(ALPHA),
-            )
-        run = await get_run(stubs, started.name)
-        while not run.batch:
-            await asyncio.sleep(0.05)
-            run = await get_run(stubs, started.name)
+        name = await batch_run_waiting_upstream(other.target, dataset, stubs)
     finally:
         await other.stop(0)
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
-    run = await get_run(stubs, started.name)
+    run = await get_run(stubs, name)
     assert run.state == runs_pb2.FAILED
     assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert "stopped" in run.error.message
@@ -526,9 +524,8 @@ def _config(folder: Path) -> Path:
     return path
 
 
-def _serve_in_a_subprocess(folder: Path, emulator: EmulatorHandle, store_url: str) -> Any:
-    """`gemini-gateway serve` on the module's store with a 1 s run lease; returns (process,
-    its target) once it listens."""
+def _serve_in_a_subprocess(folder: Path, emulator: EmulatorHandle, store_url: str) -> ServedCommand:
+    """`gemini-gateway serve` on the module's store with a 1 s run lease, once it listens."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_GATEWAY_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(
@@ -537,29 +534,10 @@ def _serve_in_a_subprocess(folder: Path, emulator: EmulatorHandle, store_url: st
         GEMINI_GATEWAY_STORE_URL=store_url,
         GEMINI_GATEWAY_RUN_LEASE_S="1",
     )
-    command = [sys.executable, "-m", "gemini_gateway.cli", "serve", "--upstream", emulator.url]
-    command += ["--port", "0", "--metrics-port", "0", "--console-port", "0", "--workers", "1"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder
-    )
-    output: list[str] = []
-    target: list[str] = []
-    listening = threading.Event()
-
-    def read() -> None:  # keeps the pipe drained until the process ends
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            found = re.search(r"Gemini gRPC gateway listening on (\S+)", line)
-            if found:
-                target.append(found.group(1))
-                listening.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not listening.wait(40):
-        process.kill()
-        raise AssertionError("the gateway did not start:\n" + "".join(output))
-    return process, target[0]
+    args = ["serve", "--upstream", emulator.url, "--port", "0", "--metrics-port", "0"]
+    served = launch([*args, "--console-port", "0", "--workers", "1"], env, folder)
+    wait_ready(served, 40)
+    return served
 
 
 async def test_a_run_whose_gateway_died_is_failed_by_another(
@@ -572,35 +550,25 @@ async def test_a_run_whose_gateway_died_is_failed_by_another(
     watcher = await start_gateway(
         settings_for(emulator, store_url).model_copy(update={"run_lease_s": 1})
     )
-    process, target = _serve_in_a_subprocess(tmp_path, emulator, store_url)
+    served = _serve_in_a_subprocess(tmp_path, emulator, store_url)
     emulator.app[BATCHES_KEY].seconds = 1000.0
     try:
-        async with grpc.aio.insecure_channel(target) as channel:
-            started = await runs_pb2_grpc.RunServiceStub(channel).RerunDataset(
-                runs_pb2.RerunDatasetRequest(dataset=dataset, model=FLASH, mode=runs_pb2.BATCH),
-                metadata=bearer(ALPHA),
-            )
-        run = await get_run(stubs, started.name)
-        while not run.batch:
-            await asyncio.sleep(0.05)
-            run = await get_run(stubs, started.name)
+        name = await batch_run_waiting_upstream(served.target, dataset, stubs)
         await asyncio.sleep(2)  # twice its lease: the live gateway keeps extending it
-        assert (await get_run(stubs, started.name)).state == runs_pb2.RUNNING
-        process.kill()
-        process.wait()
+        assert (await get_run(stubs, name)).state == runs_pb2.RUNNING
+        served.process.kill()
+        served.process.wait()
         for _ in range(100):
-            run = await get_run(stubs, started.name)
+            run = await get_run(stubs, name)
             if run.state != runs_pb2.RUNNING:
                 break
             await asyncio.sleep(0.1)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop(served)  # killed already, unless the test failed before
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
         await watcher.stop(0)
     assert run.state == runs_pb2.FAILED
     assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert run.error.message == ABANDONED_MESSAGE
-    done = await wait(stubs, started.name)
+    done = await wait(stubs, name)
     assert done.done and done.error.message == ABANDONED_MESSAGE

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,10 +35,10 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
 )
 from gemini_gateway.server import workers
 from gemini_gateway.server.config import Settings
+from tests.integration.served_command import CLI, ServedCommand, launch, stop, wait_ready
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT balancing: Linux")
 
-CLI = [sys.executable, "-m", "gemini_gateway.cli"]
 GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
 MODEL = "gemini-2.5-flash"
 CHANNELS = 16  # all on one worker by chance: 2 * 2**-16
@@ -115,44 +114,38 @@ async def _generate_on_new_connections(target: str, count: int) -> None:
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("workers")
+def _workers_env(folder: Path, **settings: str) -> dict[str, str]:
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{folder / 'gateway.db'}",
+        **settings,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
-        [*CLI, "serve", "--emulator", "--workers", "2", "--port", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=folder,
-        env=env,
+    return env
+
+
+def _serve_workers(folder: Path, *args: str, **settings: str) -> ServedCommand:
+    """`serve --emulator --workers 2 --port 0 ARGS`, once its banner said `workers: ...`."""
+    served = launch(
+        ["serve", "--emulator", "--workers", "2", "--port", "0", *args],
+        _workers_env(folder, **settings),
+        folder,
+        ready_when=lambda line: line.startswith("  workers: "),
     )
-    output: list[str] = []
-    started = threading.Event()
+    wait_ready(served, 40)
+    return served
 
-    def read() -> None:  # keeps the pipe drained for the whole module
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("  workers: "):
-                started.set()
 
-    threading.Thread(target=read, daemon=True).start()
-    if not started.wait(40):
-        process.kill()
-        raise AssertionError("".join(output))
-    text = "".join(output)
-    target = re.search(r"Gemini gRPC gateway listening on (\S+)", text).group(1)  # type: ignore[union-attr]
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    command = _serve_workers(tmp_path_factory.mktemp("workers"), "--metrics-port", "0")
+    text = command.text
     metrics_url = re.search(r"^  metrics: (\S+)", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
-    yield Served(process, target, metrics_url, output)
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    yield Served(command.process, command.target, metrics_url, command.output)
+    if command.process.poll() is None:
+        command.process.kill()
+        command.process.wait()
 
 
 def test_both_workers_answer_and_the_metrics_add_up(served: Served) -> None:
@@ -250,37 +243,19 @@ def test_the_banner_says_when_each_worker_keeps_its_own_limits(
     served: Served, tmp_path: Path
 ) -> None:
     assert not any(line.startswith("  limits:") for line in served.output)  # none configured
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "GEMINI_GATEWAY_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
-        "GEMINI_GATEWAY_REQUESTS_PER_MINUTE": "600",
-        "GEMINI_GATEWAY_TOKENS_PER_MINUTE": "100000",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
-        [*CLI, "serve", "--emulator", "--workers", "2", "--port", "0", "--console-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        env=env,
+    command = _serve_workers(
+        tmp_path,
+        "--console-port",
+        "0",
+        GEMINI_GATEWAY_REQUESTS_PER_MINUTE="600",
+        GEMINI_GATEWAY_TOKENS_PER_MINUTE="100000",
     )
-    output: list[str] = []
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("  workers: "):
-                output.append(process.stdout.readline())
-                break
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    assert output[-1] == (
+    stop(command, 30)
+    workers_line = next(i for i, line in enumerate(command.output) if line.startswith("  workers:"))
+    assert command.output[workers_line + 1] == (
         "  limits: each of the 2 workers keeps its own, so a project may get up to 2x its "
         "requests_per_minute / tokens_per_minute (docs/limits.md)\n"
-    ), "".join(output)
+    ), command.text
 
 
 # --- start-up errors --------------------------------------------------------------------------
