@@ -45,6 +45,7 @@ from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.http_face import HttpFaceHandle, build_http_face, start_http_face
 from gemini_gateway.server.identity import CallerDirectory
 from gemini_gateway.server.limits import LimitsInterceptor
+from gemini_gateway.server.limits_ledger import LimitsLedger
 from gemini_gateway.server.log_event import LogEvent, LogSkip
 from gemini_gateway.server.log_format import RequestIdInterceptor
 from gemini_gateway.server.log_tail import LogBus
@@ -174,11 +175,15 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 async def start_gateway(
-    settings: Settings | None = None, flavour: Flavour | None = None
+    settings: Settings | None = None,
+    flavour: Flavour | None = None,
+    *,
+    limits_ledger: LimitsLedger | None = None,
 ) -> Gateway:
     """Validate the routes, connect the upstream and start serving.
 
     `flavour` overrides the upstream chosen by settings (tests give Vertex AI a token).
+    `limits_ledger`: the per-project limits a worker keeps together with the others.
     A problem the user can fix raises startup.StartupError, which says how; a start-up
     that fails closes whatever it had opened (store, recorder, emulator, upstream client).
     """
@@ -197,7 +202,7 @@ async def start_gateway(
         flavour = startup.vertex_flavour(settings)
     try:
         async with AsyncExitStack() as opened:
-            gateway = await _start(settings, flavour, credentials, opened)
+            gateway = await _start(settings, flavour, credentials, opened, limits_ledger)
             opened.pop_all()  # from here on Gateway.stop closes them
     except ModuleNotFoundError as exc:
         problem = startup.missing_module(exc)
@@ -212,6 +217,7 @@ async def _start(
     flavour: Flavour | None,
     credentials: grpc.ServerCredentials | None,
     opened: AsyncExitStack,
+    limits_ledger: LimitsLedger | None = None,
 ) -> Gateway:
     """start_gateway's work; each thing opened is pushed on `opened`, closed on failure."""
     routes = build_route_table()  # a bad http rule stops start-up here
@@ -269,7 +275,7 @@ async def _start(
     # callers to check in development mode, no limits configured).
     if not callers.development_mode:
         interceptors.append(CallerInterceptor.from_settings(callers, settings))
-    limits = LimitsInterceptor(settings, callers, routes)
+    limits = LimitsInterceptor(settings, callers, routes, ledger=limits_ledger)
     if limits.active:
         interceptors.append(limits)
     interceptors.append(RequestDecodingInterceptor())

@@ -21,6 +21,11 @@ to set them:
   stay free. So slow calls of one project fill at most the shared slots and its own, and
   every other project always finds its reservation free.
 
+The workers of one gateway (`workers` of 2 or more) keep the limits together, in a
+LimitsLedger (limits_ledger.py) the supervisor makes: a project's buckets and its calls in
+flight are the same in every worker. Its shares of the upstream pool stay per worker, as
+each worker has its own pool.
+
 Every call to a forwarded method counts, whatever becomes of it upstream, and holds its slot
 until it ends (a stream: its last message). A refused call costs its project nothing (no
 request, no slot, no tokens); it ends with RESOURCE_EXHAUSTED carrying google.rpc.RetryInfo
@@ -44,8 +49,9 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableSequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -56,6 +62,12 @@ from prometheus_client import Counter
 from gemini_gateway.server import errors
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.identity import DEFAULT_PROJECT, CallerDirectory
+from gemini_gateway.server.limits_ledger import (
+    POLL_S,
+    REQUESTS_AT,
+    TOKENS_AT,
+    LimitsLedger,
+)
 from gemini_gateway.server.metering import GENERATE_REQUESTS
 
 if TYPE_CHECKING:
@@ -93,28 +105,36 @@ class TokenBucket:
 
     `take` is all or nothing. `spend` charges what is known only afterwards (the tokens of
     a call that has ended) and may leave the bucket in debt, at most `capacity` deep.
+    `state` is [level, stamp]: the bucket's own, or cells of a LimitsLedger that the
+    workers share (then used only under the ledger's lock).
     """
 
-    __slots__ = ("_clock", "_level", "_stamp", "capacity", "rate")
+    __slots__ = ("_clock", "_state", "capacity", "rate")
 
     def __init__(
-        self, capacity: float, period_s: float = MINUTE_S, clock: Clock = time.monotonic
+        self,
+        capacity: float,
+        period_s: float = MINUTE_S,
+        clock: Clock = time.monotonic,
+        state: MutableSequence[float] | None = None,
     ) -> None:
         if capacity <= 0 or period_s <= 0:
             raise ValueError("a token bucket needs a positive capacity and period")
         self.capacity = float(capacity)
         self.rate = self.capacity / period_s  # tokens per second
         self._clock = clock
-        self._level = self.capacity
-        self._stamp = clock()
+        self._state = [self.capacity, clock()] if state is None else state
 
     def level(self) -> float:
         """Tokens there now (negative: debt)."""
+        state = self._state
         now = self._clock()
-        if now > self._stamp:
-            self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
-            self._stamp = now
-        return self._level
+        level, stamp = state[0], state[1]
+        if now > stamp:
+            level = min(self.capacity, level + (now - stamp) * self.rate)
+            state[0] = level
+            state[1] = now
+        return level
 
     def wait_s(self, amount: float = 1.0) -> float:
         """Seconds until `amount` tokens are there; 0.0 when they are now."""
@@ -126,16 +146,16 @@ class TokenBucket:
         return the seconds until there are enough."""
         wait = self.wait_s(amount)
         if wait == 0.0:
-            self._level -= amount
+            self._state[0] -= amount
         return wait
 
     def give_back(self, amount: float = 1.0) -> None:
         """Return tokens taken for something that did not happen."""
-        self._level = min(self.capacity, self._level + amount)
+        self._state[0] = min(self.capacity, self._state[0] + amount)
 
     def spend(self, amount: float) -> None:
         """Charge `amount` after the fact, into debt if need be (never below -capacity)."""
-        self._level = max(-self.capacity, self.level() - amount)
+        self._state[0] = max(-self.capacity, self.level() - amount)
 
 
 class UpstreamPool:
@@ -202,29 +222,44 @@ def project_limits(settings: Settings) -> dict[str, ProjectLimits]:
     return result
 
 
-def per_worker_note(settings: Settings, workers: int) -> str | None:
-    """A line for the banner when several workers each keep the configured limits (limits are
-    kept per process, so together they admit up to `workers` times each); None otherwise."""
-    if workers < 2:
+def create_ledger(
+    path: Path, settings: Settings, workers: int, clock: Clock = time.monotonic
+) -> LimitsLedger | None:
+    """The ledger in which `workers` processes keep the configured limits together, made at
+    `path`; None when no project has a limit to share (the pool's shares stay per worker)."""
+    every = project_limits(settings)
+    if not any(getattr(limits, limit) for limits in every.values() for limit in RATE_LIMITS):
         return None
-    set_anywhere = [
-        limit
-        for limit in RATE_LIMITS
-        if any(getattr(limits, limit) for limits in project_limits(settings).values())
-    ]
-    if not set_anywhere:
-        return None
-    return (
-        f"limits: each of the {workers} workers keeps its own, so a project may get up to "
-        f"{workers}x its {' / '.join(set_anywhere)} (docs/limits.md)"
-    )
+    capacities = {
+        name: (limits.requests_per_minute, limits.tokens_per_minute)
+        for name, limits in every.items()
+    }
+    return LimitsLedger.create(path, capacities, workers, clock)
+
+
+def open_ledger(path: Path, settings: Settings, workers: int, worker: int) -> LimitsLedger:
+    """Worker `worker`'s view of the ledger create_ledger made, its own calls forgotten (those
+    of the process it replaces, if any)."""
+    ledger = LimitsLedger(path, sorted(project_limits(settings)), workers, worker)
+    ledger.forget(worker)
+    return ledger
 
 
 class ProjectLimiter:
-    """The live state of one project's limits: its buckets, slots and calls in flight."""
+    """The live state of one project's limits: its buckets, slots and calls in flight.
+
+    With a `ledger`, the buckets and the count of calls in flight against
+    `max_concurrent_calls` are the ones every worker shares; `in_flight`, the pool's
+    accounting and the estimates of when a slot frees stay this process's own.
+    """
 
     def __init__(
-        self, name: str, limits: ProjectLimits, pool: UpstreamPool | None, clock: Clock
+        self,
+        name: str,
+        limits: ProjectLimits,
+        pool: UpstreamPool | None,
+        clock: Clock,
+        ledger: LimitsLedger | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -232,8 +267,17 @@ class ProjectLimiter:
         self.pool = pool
         self.reserved = limits.reserved_calls if pool is not None else 0
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        self.requests = TokenBucket(rpm, clock=clock) if rpm else None
-        self.tokens = TokenBucket(tpm, clock=clock) if tpm else None
+        requests_state = tokens_state = None
+        # Every worker's calls in flight, and which of them are this one's.
+        self._shared_calls: MutableSequence[float] | None = None
+        self._own = 0
+        if ledger is not None:
+            requests_state = ledger.bucket_state(name, REQUESTS_AT)
+            tokens_state = ledger.bucket_state(name, TOKENS_AT)
+            self._shared_calls = ledger.call_counts(name)
+            self._own = ledger.worker - 1
+        self.requests = TokenBucket(rpm, clock=clock, state=requests_state) if rpm else None
+        self.tokens = TokenBucket(tpm, clock=clock, state=tokens_state) if tpm else None
         self.counts_slots = bool(self.max_calls) or pool is not None
         self.in_flight = 0
         self._started: dict[int, float] = {}  # call id -> start, oldest first
@@ -243,9 +287,14 @@ class ProjectLimiter:
     def active(self) -> bool:
         return self.counts_slots or self.requests is not None or self.tokens is not None
 
+    def calls_everywhere(self) -> int:
+        """The project's calls in flight in every worker (with no ledger: in this process)."""
+        shared = self._shared_calls
+        return self.in_flight if shared is None else int(sum(shared))
+
     def slot_refusal(self) -> str | None:
         """The limit that keeps this project from another slot now; None when it may."""
-        if self.max_calls and self.in_flight >= self.max_calls:
+        if self.max_calls and self.calls_everywhere() >= self.max_calls:
             return MAX_CONCURRENT_CALLS
         pool = self.pool
         if pool is not None and self.in_flight >= self.reserved and pool.shared_free() <= 0:
@@ -259,11 +308,15 @@ class ProjectLimiter:
                 pool.kept -= 1
             pool.in_use += 1
         self.in_flight += 1
+        if self._shared_calls is not None:
+            self._shared_calls[self._own] += 1
         self._started[call_id] = now
 
     def release_slot(self, call_id: int, now: float) -> None:
         elapsed = now - self._started.pop(call_id)
         self.in_flight -= 1
+        if self._shared_calls is not None:
+            self._shared_calls[self._own] = max(0.0, self._shared_calls[self._own] - 1)
         mean = self._mean_s
         self._mean_s = elapsed if mean is None else mean + MEAN_WEIGHT * (elapsed - mean)
         pool = self.pool
@@ -297,8 +350,23 @@ class _Waiter:
 NO_SLOT = 0  # the call id of an admitted call that holds no slot
 
 
+class _Unshared:
+    """The lock of limits kept in one process: none is needed (one event loop thread)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
 class Limiter:
-    """All projects' limits: admits calls, or refuses them with the error their caller gets."""
+    """All projects' limits: admits calls, or refuses them with the error their caller gets.
+
+    With a `ledger` (several workers), the limits are the ones the workers keep together:
+    each step that reads or changes them holds the ledger's lock, and calls waiting for a
+    slot look every POLL_S for one freed by another worker.
+    """
 
     def __init__(
         self,
@@ -306,24 +374,39 @@ class Limiter:
         pool_size: int,
         wait_s: float = 0.0,
         clock: Clock = time.monotonic,
+        ledger: LimitsLedger | None = None,
     ) -> None:
         self._clock = clock
         self._wait_s = wait_s
+        self._lock: LimitsLedger | _Unshared = _Unshared() if ledger is None else ledger
+        self._shared = ledger is not None
         reserving = any(project.reserved_calls for project in limits.values())
         self.pool = UpstreamPool(pool_size) if reserving else None
         self.projects: dict[str, ProjectLimiter] = {}
         for name, project_limits_ in limits.items():
-            limiter = ProjectLimiter(name, project_limits_, self.pool, clock)
+            limiter = ProjectLimiter(name, project_limits_, self.pool, clock, ledger)
             if limiter.active:
                 self.projects[name] = limiter
                 if self.pool is not None:
                     self.pool.kept += limiter.reserved
         self._ids = itertools.count(NO_SLOT + 1)
         self._waiters: deque[_Waiter] = deque()
+        self._poller: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> Limiter:
-        return cls(project_limits(settings), settings.max_connections, settings.limit_wait_s, clock)
+    def from_settings(
+        cls,
+        settings: Settings,
+        clock: Clock = time.monotonic,
+        ledger: LimitsLedger | None = None,
+    ) -> Limiter:
+        return cls(
+            project_limits(settings),
+            settings.max_connections,
+            settings.limit_wait_s,
+            clock,
+            ledger,
+        )
 
     async def admit(
         self,
@@ -337,20 +420,9 @@ class Limiter:
         `time_remaining`: the call's time left (None: no deadline), read only if it waits.
         `generate`: whether it is a generate call, the only kind the token limit refuses.
         """
-        if generate and project.tokens is not None:
-            wait = project.tokens.wait_s(1.0)
-            if wait:
-                raise self._refused(project, TOKENS_PER_MINUTE, wait)
-        if project.requests is not None:
-            wait = project.requests.take(1.0)
-            if wait:
-                raise self._refused(project, REQUESTS_PER_MINUTE, wait)
-        if not project.counts_slots:
-            return NO_SLOT
-        call_id = next(self._ids)
-        refusal = project.slot_refusal()
+        with self._lock:
+            call_id, refusal = self._admit_now(project, generate)
         if refusal is None:
-            project.take_slot(call_id, self._clock())
             return call_id
         budget = self._wait_s
         if budget > 0:
@@ -361,17 +433,43 @@ class Limiter:
             if budget > 0 and await self._wait_for_slot(project, call_id, budget):
                 return call_id
         except BaseException:
-            if project.requests is not None:
-                project.requests.give_back(1.0)
+            self._give_back_request(project)
             raise
+        self._give_back_request(project)
+        with self._lock:
+            refusal = project.slot_refusal() or refusal
+        raise self._refused(project, refusal)
+
+    def _admit_now(self, project: ProjectLimiter, generate: bool) -> tuple[int, str | None]:
+        """(call id, None) for a call admitted now; (call id, the limit) for one that has
+        its request but no slot. Raises the refusal of a bucket that is empty."""
+        if generate and project.tokens is not None:
+            wait = project.tokens.wait_s(1.0)
+            if wait:
+                raise self._refused(project, TOKENS_PER_MINUTE, wait)
         if project.requests is not None:
-            project.requests.give_back(1.0)
-        raise self._refused(project, project.slot_refusal() or refusal)
+            wait = project.requests.take(1.0)
+            if wait:
+                raise self._refused(project, REQUESTS_PER_MINUTE, wait)
+        if not project.counts_slots:
+            return NO_SLOT, None
+        call_id = next(self._ids)
+        refusal = project.slot_refusal()
+        if refusal is None:
+            project.take_slot(call_id, self._clock())
+        return call_id, refusal
+
+    def _give_back_request(self, project: ProjectLimiter) -> None:
+        if project.requests is not None:
+            with self._lock:
+                project.requests.give_back(1.0)
 
     async def _wait_for_slot(self, project: ProjectLimiter, call_id: int, budget: float) -> bool:
-        """Wait in line for a slot; True once `release` has handed one over."""
+        """Wait in line for a slot; True once one was handed over."""
         waiter = _Waiter(project, call_id, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
+        if self._shared and self._poller is None:
+            self._poller = asyncio.create_task(self._look_for_slots())
         try:
             async with asyncio.timeout(budget):
                 await waiter.future
@@ -383,18 +481,31 @@ class Limiter:
             raise
         finally:
             if not waiter.future.done():
-                waiter.future.cancel()  # release() skips it and drops it from the line
+                waiter.future.cancel()  # _hand_over skips it and drops it from the line
         return not waiter.future.cancelled()
+
+    async def _look_for_slots(self) -> None:
+        """While calls wait, hand them slots that other workers freed."""
+        try:
+            while self._waiters:
+                await asyncio.sleep(POLL_S)
+                with self._lock:
+                    self._hand_over()
+        finally:
+            self._poller = None
 
     def release(self, project: ProjectLimiter, call_id: int, tokens: int = 0) -> None:
         """A call admitted by `admit` ended, having used `tokens` (generate calls)."""
-        if tokens and project.tokens is not None:
-            project.tokens.spend(tokens)
-        if call_id == NO_SLOT:
+        if call_id == NO_SLOT and not (tokens and project.tokens is not None):
             return
-        project.release_slot(call_id, self._clock())
-        if self._waiters:
-            self._hand_over()
+        with self._lock:
+            if tokens and project.tokens is not None:
+                project.tokens.spend(tokens)
+            if call_id == NO_SLOT:
+                return
+            project.release_slot(call_id, self._clock())
+            if self._waiters:
+                self._hand_over()
 
     def _hand_over(self) -> None:
         """Give freed slots to the calls waiting for one, first come first served (a waiter
@@ -526,8 +637,9 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         routes: RouteTable | None = None,
         *,
         clock: Clock = time.monotonic,
+        ledger: LimitsLedger | None = None,
     ) -> None:
-        self.limiter = Limiter.from_settings(settings, clock)
+        self.limiter = Limiter.from_settings(settings, clock, ledger)
         self._callers = callers
         self.active = bool(self.limiter.projects)
         if routes is None and self.active:

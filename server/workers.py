@@ -15,6 +15,10 @@ STABLE_AFTER_S of starting makes the parent stop everything with a one-line mess
 
 Metrics: the workers write prometheus-client's multiprocess files to a fresh folder
 (PROMETHEUS_MULTIPROC_DIR, set for them only) and the parent's /metrics serves their sum.
+
+Per-project limits: with any configured, the parent makes a limits ledger in that folder
+(limits_ledger.py), its path the worker's second argument, and the workers keep the limits
+together in it; the parent forgets the calls in flight of a worker that died.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 from gemini_gateway.server import startup
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.identity import CallerDirectory
-from gemini_gateway.server.limits import per_worker_note
+from gemini_gateway.server.limits import create_ledger, open_ledger
+from gemini_gateway.server.limits_ledger import LimitsLedger
 from gemini_gateway.server.log_format import configure_logging
 from gemini_gateway.server.startup import StartupError
 
@@ -210,9 +215,11 @@ class Supervisor:
         upstream_url: str | None,
         metrics_dir: str,
         registry: CollectorRegistry,
+        ledger: LimitsLedger | None = None,
     ) -> None:
         self.count = count
         self.metrics_dir = metrics_dir
+        self.ledger = ledger
         self.stopping = asyncio.Event()
         self.problem: StartupError | None = None
         self.processes: dict[int, asyncio.subprocess.Process] = {}
@@ -230,11 +237,13 @@ class Supervisor:
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         """Start worker `index` and wait until it serves; _WorkerFailed if it does not."""
+        ledger = () if self.ledger is None else (str(self.ledger.path),)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "gemini_gateway.server.workers",
             str(index),
+            *ledger,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=self._env,
@@ -278,7 +287,7 @@ class Supervisor:
             try:
                 process = await self._spawn(index)
             except _WorkerFailed as exc:
-                multiprocess.mark_process_dead(exc.pid, self.metrics_dir)
+                self._forget(exc.pid, index)
                 if not started.done():
                     started.set_exception(
                         StartupError(
@@ -301,7 +310,7 @@ class Supervisor:
                 self._live.inc()
                 status = await process.wait()
                 self._live.dec()
-                multiprocess.mark_process_dead(process.pid, self.metrics_dir)
+                self._forget(process.pid, index)
                 if self.stopping.is_set():
                     return
                 quick = time.monotonic() - serving_since < STABLE_AFTER_S
@@ -323,6 +332,12 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             self._restarts.inc()
+
+    def _forget(self, pid: int, index: int) -> None:
+        """What worker `index` (process `pid`, now dead) left: its live metrics, its calls."""
+        multiprocess.mark_process_dead(pid, self.metrics_dir)
+        if self.ledger is not None:
+            self.ledger.forget(index)
 
     async def start(self) -> list[int] | None:
         """Start every worker: their pids, None if stopped meanwhile, or StartupError."""
@@ -394,7 +409,12 @@ async def supervise(settings: Settings, count: int) -> None:
                 emulator_url = emulator.url
             if upstream_base is None:
                 upstream_base = getattr(make_flavour(settings, emulator_url), "base_url", "")
-            supervisor = Supervisor(settings, count, port, emulator_url, metrics_dir, registry)
+            ledger = create_ledger(Path(metrics_dir, "limits.ledger"), settings, count)
+            if ledger is not None:
+                opened.callback(ledger.close)
+            supervisor = Supervisor(
+                settings, count, port, emulator_url, metrics_dir, registry, ledger
+            )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, supervisor.stopping.set)
@@ -412,9 +432,8 @@ async def supervise(settings: Settings, count: int) -> None:
                 print(banner_text(settings, target, upstream_base, metrics_port, console_url))
                 shown = ", ".join(str(pid) for pid in pids)
                 print(f"  workers: {count} processes sharing the port (pids {shown})", flush=True)
-                note = per_worker_note(settings, count)
-                if note is not None:
-                    print(f"  {note}", flush=True)
+                if ledger is not None:
+                    print(f"  limits: kept by the {count} workers together", flush=True)
                 await supervisor.stopping.wait()
             log.info("shutting down %d gateway workers", count)
             await supervisor.stop(settings.shutdown_grace_s)
@@ -440,7 +459,7 @@ def _stop_when_parent_exits(loop: asyncio.AbstractEventLoop, stop: asyncio.Event
         loop.call_soon_threadsafe(stop.set)
 
 
-async def _serve_worker(settings: Settings) -> None:
+async def _serve_worker(settings: Settings, ledger: LimitsLedger | None) -> None:
     from gemini_gateway.server.app import start_gateway
 
     loop = asyncio.get_running_loop()
@@ -448,14 +467,14 @@ async def _serve_worker(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     threading.Thread(target=_stop_when_parent_exits, args=(loop, stop), daemon=True).start()
-    gateway = await start_gateway(settings)
+    gateway = await start_gateway(settings, limits_ledger=ledger)
     sys.stdout.buffer.write(READY + b"\n")
     sys.stdout.flush()
     await stop.wait()
     await gateway.stop()
 
 
-def worker_main(index: int) -> None:
+def worker_main(index: int, ledger_path: str | None = None) -> None:
     line = b""
     while not line.endswith(b"\n") and (chunk := os.read(sys.stdin.fileno(), 65536)):
         line += chunk  # unbuffered: the rest of stdin is left to _stop_when_parent_exits
@@ -474,12 +493,15 @@ def worker_main(index: int) -> None:
         run = asyncio.run
     else:
         run = uvloop.run
+    ledger = None
+    if ledger_path is not None:
+        ledger = open_ledger(Path(ledger_path), settings, settings.workers or 1, index)
     try:
-        run(_serve_worker(settings))
+        run(_serve_worker(settings, ledger))
     except StartupError as exc:
         print(f"error: worker {index}: " + "\n  ".join(exc.lines), file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":
-    worker_main(int(sys.argv[1]))
+    worker_main(int(sys.argv[1]), *sys.argv[2:3])

@@ -239,23 +239,106 @@ def test_sigterm_drains_every_worker_and_exits_0(served: Served) -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
-def test_the_banner_says_when_each_worker_keeps_its_own_limits(
-    served: Served, tmp_path: Path
-) -> None:
-    assert not any(line.startswith("  limits:") for line in served.output)  # none configured
+# --- per-project limits, kept by the workers together ----------------------------------------
+
+LIMITED = 12  # requests per minute: one comes back every 5 s, far longer than the calls take
+HELD_STREAMS = 12  # all on one worker by chance: 2 * 2**-12
+HOLD = "hold [[chunks:400]] [[chunk_delay_ms:50]]"  # 20 s, ended by the test long before
+
+
+async def _generate_codes(target: str, count: int) -> list[grpc.StatusCode]:
+    """The status of `count` generate calls, each on a connection of its own."""
+
+    async def one(i: int) -> grpc.StatusCode:
+        async with _channel(target) as channel:
+            stub = generative_service_pb2_grpc.GenerativeServiceStub(channel)
+            try:
+                await stub.GenerateContent(text_request(MODEL, f"call {i}"), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_the_workers_keep_a_projects_requests_per_minute_together(tmp_path: Path) -> None:
     command = _serve_workers(
-        tmp_path,
-        "--console-port",
-        "0",
-        GEMINI_GATEWAY_REQUESTS_PER_MINUTE="600",
-        GEMINI_GATEWAY_TOKENS_PER_MINUTE="100000",
+        tmp_path, "--metrics-port", "0", GEMINI_GATEWAY_REQUESTS_PER_MINUTE=str(LIMITED)
     )
-    stop(command, 30)
-    workers_line = next(i for i, line in enumerate(command.output) if line.startswith("  workers:"))
-    assert command.output[workers_line + 1] == (
-        "  limits: each of the 2 workers keeps its own, so a project may get up to 2x its "
-        "requests_per_minute / tokens_per_minute (docs/limits.md)\n"
-    ), command.text
+    try:
+        assert "  limits: kept by the 2 workers together\n" in command.output, command.text
+        metrics_url = re.search(r"^  metrics: (\S+)", command.text, re.MULTILINE).group(1)  # type: ignore[union-attr]
+        codes = asyncio.run(_generate_codes(command.target, 2 * LIMITED))
+        assert codes.count(grpc.StatusCode.OK) == LIMITED, codes
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == LIMITED, codes
+        # Both workers answered: kept apart, each would have let up to LIMITED through.
+        per_worker = _settled(
+            lambda: sum(v for _, v in _samples(metrics_url, "gateway_worker_calls")), 2 * LIMITED
+        )
+        assert per_worker == 2 * LIMITED
+        served_by = [v for _, v in _samples(metrics_url, "gateway_worker_calls")]
+        assert len(served_by) == 2 and all(served_by), served_by
+    finally:
+        stop(command, 30)
+
+
+def test_a_killed_workers_calls_in_flight_are_forgotten(tmp_path: Path) -> None:
+    """max_concurrent_calls counts the calls of every worker; those of a worker that died
+    free their slots once the supervisor has seen it die."""
+    command = _serve_workers(tmp_path, GEMINI_GATEWAY_MAX_CONCURRENT_CALLS=str(HELD_STREAMS))
+    target = command.target
+
+    async def hold(channel: grpc.aio.Channel, started: asyncio.Event) -> grpc.StatusCode:
+        stub = generative_service_pb2_grpc.GenerativeServiceStub(channel)
+        try:
+            async for _chunk in stub.StreamGenerateContent(text_request(MODEL, HOLD), timeout=30):
+                started.set()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    async def scenario() -> None:
+        channels = [_channel(target) for _ in range(2 * HELD_STREAMS)]
+        try:
+            starts = [asyncio.Event() for _ in range(HELD_STREAMS)]
+            streams = [
+                asyncio.create_task(hold(channel, started))
+                for channel, started in zip(channels, starts, strict=False)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(s.wait() for s in starts)), 15)
+            assert await _generate_codes(target, 1) == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+
+            before = _children(command.process.pid)
+            os.kill(before[0], signal.SIGKILL)
+            await asyncio.wait(streams, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.sleep(0.5)  # the rest of the killed worker's streams end too
+            lost = [stream for stream in streams if stream.done()]
+            assert all(s.result() == grpc.StatusCode.UNAVAILABLE for s in lost)
+            assert 0 < len(lost) < HELD_STREAMS, len(lost)
+            deadline = time.monotonic() + 20
+            while (now := _children(command.process.pid)) == before or len(now) < 2:
+                assert time.monotonic() < deadline, now
+                await asyncio.sleep(0.1)
+
+            # The dead worker's slots are free again, and only those.
+            starts = [asyncio.Event() for _ in lost]
+            again = [
+                asyncio.create_task(hold(channel, started))
+                for channel, started in zip(channels[HELD_STREAMS:], starts, strict=False)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(s.wait() for s in starts)), 15)
+            assert await _generate_codes(target, 1) == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+            for task in streams + again:
+                task.cancel()
+            await asyncio.gather(*streams, *again, return_exceptions=True)
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop(command, 30)
 
 
 # --- start-up errors --------------------------------------------------------------------------
