@@ -322,7 +322,8 @@ class Settings(BaseSettings):
         60.0,
         ge=1.0,
         description="A dataset re-run's lease, extended every quarter of it while the run goes "
-        "on; an unfinished run past its lease was left by a process that died, and is failed.",
+        "on; an unfinished run past its lease was left by a process that stopped or died: a "
+        "BATCH run with a submitted batch is adopted, any other is failed.",
     )
     metrics_label_keys: list[str] = Field(
         default_factory=list,

@@ -147,14 +147,19 @@ class Forwarder:
             raise errors.bad_request(violations)
 
     async def _prepare(
-        self, route: Route, request: Message, context: grpc.aio.ServicerContext
+        self,
+        route: Route,
+        request: Message,
+        context: grpc.aio.ServicerContext,
+        identity: Identity | None = None,
     ) -> tuple[HttpCall, CallMeter | None, Identity]:
-        """Identify, validate, authorize and transcode; a generate call also gets its labels
-        and meter.
+        """Identify (unless `identity` is given), validate, authorize and transcode; a
+        generate call also gets its labels and meter.
 
         Raises before anything is sent upstream or metered: a bad call costs nothing.
         """
-        identity = self.callers.identify_call(context)
+        if identity is None:
+            identity = self.callers.identify_call(context)
         self.callers.check_upstream_key(context.invocation_metadata() or ())
         self._check(route, request)
         if self._tenancy is not None:
@@ -192,11 +197,17 @@ class Forwarder:
         return labels
 
     async def call(
-        self, route: Route, request: Message, context: grpc.aio.ServicerContext
+        self,
+        route: Route,
+        request: Message,
+        context: grpc.aio.ServicerContext,
+        identity: Identity | None = None,
     ) -> Message:
         """Forward one unary call; raises UpstreamError (routes.UnroutableRequest for a
-        request that fits no binding)."""
-        call, meter, identity = await self._prepare(route, request, context)
+        request that fits no binding). `identity`: the caller, when the gateway makes the
+        call itself for one whose token it does not hold (an adopted re-run); by default the
+        call's metadata says who."""
+        call, meter, identity = await self._prepare(route, request, context, identity)
         if self._tenancy is not None and self._tenancy.lists(route, request):
             fetch = partial(self._fetch, route, context)
             return await self._tenancy.list_visible(identity, route, request, fetch)

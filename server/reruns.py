@@ -17,6 +17,13 @@ given the run's system-instruction / generation-config overrides, labelled
 A request whose log is gone, or whose answer is an error, gets an error result; the run still
 SUCCEEDS. A run FAILS when it cannot go on as a whole: the batch is refused or ends with an
 error, or the store fails.
+
+A BATCH run outlives its gateway process once its batch is submitted: the batch goes on
+upstream whatever becomes of the process. A gateway that stops hands such runs over instead
+of cancelling their batches, and one that dies leaves them behind; either way any gateway on
+the store adopts them when their lease has run out (`resume`): it reads the batch's answers
+as the run's project (the caller's token is not kept, so it cannot call as the caller), and
+ends the run as the first process would have.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.longrunning import operations_pb2
@@ -40,10 +47,11 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
 )
 from gemini_gateway.server import errors
 from gemini_gateway.server.forwarder import Forwarder
-from gemini_gateway.server.identity import Metadata
+from gemini_gateway.server.identity import Identity, Metadata
 from gemini_gateway.server.labels import MAX_LABELS
 from gemini_gateway.server.store import Store
 from gemini_gateway.server.store.runs import (
+    AdoptedRun,
     CallOutput,
     RerunAnswer,
     RunKey,
@@ -55,6 +63,7 @@ from gemini_gateway.server.store.runs import (
     record_answers,
     run_requests,
     set_run_state,
+    unanswered_log_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,8 @@ DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 64
 RUN_LABEL = "gateway_run"
 """Label key every re-run call carries, with the run id as its value (usage by run)."""
+ADOPTING_CALLER = "gateway:adopted-run"
+"""Caller name of the calls a gateway makes for a run it adopted (as the run's project)."""
 IDENTITY_METADATA = frozenset({"authorization", "x-goog-api-key"})
 """The caller's metadata a run keeps (in memory) to make its calls as that caller."""
 REQUEST_PAGE = 100
@@ -95,13 +106,20 @@ _TRANSIENT = frozenset(
 class CallContext:
     """What the forwarder reads of a grpc.aio.ServicerContext, for calls a run makes itself.
 
-    The metadata identifies the caller who started the run; the calls have no deadline of
-    their own (the upstream timeout applies) unless `timeout_s` sets one.
+    The metadata identifies the caller who started the run, unless `identity` is given (an
+    adopted run's project); the calls have no deadline of their own (the upstream timeout
+    applies) unless `timeout_s` sets one.
     """
 
-    def __init__(self, metadata: Metadata, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        timeout_s: float | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         self._metadata = tuple(metadata)
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.identity = identity
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
@@ -138,6 +156,7 @@ class RunPlan:
     system_instruction: content_pb2.Content | None
     generation_config: generative_service_pb2.GenerationConfig | None
     metadata: tuple[tuple[str, str | bytes], ...]
+    identity: Identity | None = None  # who its calls are made as, when not by `metadata`
 
     @property
     def batch_display_name(self) -> str:
@@ -218,27 +237,54 @@ class RunExecutor:
     def __init__(self, store: Store, forwarder: Forwarder) -> None:
         self._store = store
         self._forwarder = forwarder
+        # Set when the gateway stops: a cancelled BATCH run then leaves its batch running
+        # upstream, for the gateway that adopts the run.
+        self.handing_over = False
 
     async def _call(self, method: str, request: Message, context: CallContext) -> Message:
         """Forward one call of `method` (a route table key) as the run's caller."""
         route = self._forwarder.routes[method]
-        return await self._forwarder.call(route, request, cast(grpc.aio.ServicerContext, context))
+        return await self._forwarder.call(
+            route, request, cast(grpc.aio.ServicerContext, context), context.identity
+        )
 
     async def execute(self, plan: RunPlan) -> None:
         """Run to the end. Cancellation (the gateway stopping) propagates; whoever cancels
-        marks the run failed."""
-        key = plan.key
+        marks the run failed, or hands it over."""
+        await self._conclude(plan, self._start_and_run(plan))
+
+    async def resume(self, run: AdoptedRun) -> None:
+        """Finish a BATCH run that another process submitted: wait for its batch, store the
+        answers to the requests still unanswered, end the run."""
+        identity = Identity(run.key.project, ADOPTING_CALLER)
+        plan = RunPlan(run.key, run.model, "batch", 1, None, None, (), identity)
+        await self._conclude(plan, self._read_batch(plan, run.batch))
+
+    async def _start_and_run(self, plan: RunPlan) -> bool:
+        if not await set_run_state(self._store, plan.key, "running"):
+            return False  # deleted (with its dataset) before it started
+        if plan.mode == "batch":
+            await self._batch(plan)
+        else:
+            await self._direct(plan)
+        return True
+
+    async def _read_batch(self, plan: RunPlan, name: str) -> bool:
+        sent = await unanswered_log_ids(self._store, plan.key)
+        context = CallContext(plan.metadata, identity=plan.identity)
+        operation = await self._await_batch(operations_pb2.Operation(name=name), plan, context)
+        await record_answers(self._store, plan.key, _batch_answers(plan, operation, sent))
+        return True
+
+    async def _conclude(self, plan: RunPlan, work: Coroutine[Any, Any, bool]) -> None:
+        """Await `work` (False: the run is gone) and end the run as it went."""
         try:
-            if not await set_run_state(self._store, key, "running"):
-                return  # deleted (with its dataset) before it started
-            if plan.mode == "batch":
-                await self._batch(plan)
-            else:
-                await self._direct(plan)
+            if not await work:
+                return
         except RunFailed as exc:
             await self._end(plan, "failed", exc.code.value[0], exc.message)
         except Exception as exc:  # a store outage, or a bug: the run fails, the gateway goes on
-            log.exception("re-run %s failed", key.name)
+            log.exception("re-run %s failed", plan.key.name)
             await self._end(plan, "failed", grpc.StatusCode.INTERNAL.value[0], _describe(exc))
         else:
             await self._end(plan, "succeeded", 0, "")
@@ -342,7 +388,7 @@ class RunExecutor:
         if not inlined:
             return
 
-        context = CallContext(plan.metadata)
+        context = CallContext(plan.metadata, identity=plan.identity)
         batch_request = generative_service_pb2.BatchGenerateContentRequest(
             batch=generative_service_pb2.GenerateContentBatch(
                 model=plan.model,
@@ -358,12 +404,20 @@ class RunExecutor:
             raise RunFailed(exc.code, f"the Batch API refused the batch: {exc.message}") from None
         assert isinstance(operation, operations_pb2.Operation)
         await set_run_state(self._store, plan.key, "running", batch=operation.name)
-        try:
-            operation = await self._wait_for_batch(operation, context)
-        except asyncio.CancelledError:
-            await self._cancel_batch(operation.name, plan)
-            raise
+        operation = await self._await_batch(operation, plan, context)
         await record_answers(self._store, plan.key, _batch_answers(plan, operation, sent))
+
+    async def _await_batch(
+        self, operation: operations_pb2.Operation, plan: RunPlan, context: CallContext
+    ) -> operations_pb2.Operation:
+        """The batch once done. Cancelled, it cancels the batch upstream (nobody would read
+        it), unless the gateway is handing the run over."""
+        try:
+            return await self._wait_for_batch(operation, context)
+        except asyncio.CancelledError:
+            if not self.handing_over:
+                await self._cancel_batch(operation.name, plan)
+            raise
 
     async def _wait_for_batch(
         self, operation: operations_pb2.Operation, context: CallContext
@@ -395,7 +449,7 @@ class RunExecutor:
 
     async def _cancel_batch(self, name: str, plan: RunPlan) -> None:
         """Best effort: a batch nobody will read is not left running upstream."""
-        context = CallContext(plan.metadata, BATCH_CANCEL_TIMEOUT_S)
+        context = CallContext(plan.metadata, BATCH_CANCEL_TIMEOUT_S, plan.identity)
         request = operations_pb2.CancelOperationRequest(name=name)
         try:
             await self._call(CANCEL_OPERATION, request, context)

@@ -9,12 +9,15 @@ WaitOperation / WatchOperation for such names (server/operations.py). Its metada
 (BASIC view) as it progresses; when done, `response` holds the finished Run (BASIC view too:
 GetRun gives the results) or `error` says why it FAILED.
 
-Runs are tasks of this process. `stop()` cancels those still running and marks them FAILED
-(UNAVAILABLE) at once, before the store closes. While a run goes on, this process extends its
-lease in the store every quarter of `RUN_LEASE_S`; a run whose lease has run out was left by a
-process that died without stopping, and every replica fails such runs at start and at each
-renewal (FAILED, UNAVAILABLE). A run of this process that another replica ended meanwhile (its
-lease lapsed while the store was out of reach), or that was deleted, is cancelled here.
+Runs are tasks of this process. While a run goes on, this process extends its lease in the
+store every quarter of `RUN_LEASE_S`. `stop()` cancels the runs still going, before the store
+closes: a BATCH run whose batch was submitted is handed over (its lease ended at once, its
+batch left running upstream); every other run is marked FAILED (UNAVAILABLE). At start and at
+each renewal, every replica sweeps the runs whose lease has run out (handed over, or left by a
+process that died): it adopts the BATCH runs with a submitted batch, reading their answers
+(reruns.RunExecutor.resume), and fails the others (FAILED, UNAVAILABLE). A run of this
+process that another replica ended meanwhile (its lease lapsed while the store was out of
+reach), or that was deleted, is cancelled here.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
@@ -60,10 +65,12 @@ from gemini_gateway.server.store.runs import (
     RunRecord,
     RunSummary,
     Tokens,
+    adopt_batch_runs,
     create_run,
     dataset_exists,
     fail_abandoned_runs,
     get_run,
+    hand_over_batch_runs,
     list_runs,
     renew_run_leases,
     set_run_state,
@@ -288,8 +295,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self._upkeep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Fail the runs left by processes that died, then keep this process's runs leased."""
-        await self._fail_abandoned()
+        """Sweep the runs left by processes that stopped or died, then keep this process's
+        runs leased and sweep again at each renewal."""
+        await self._sweep()
         self._upkeep = asyncio.get_running_loop().create_task(
             self._keep_leases(), name="run-leases"
         )
@@ -299,7 +307,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             await asyncio.sleep(self._lease_s / 4)
             if self._tasks:
                 await self._renew()
-            await self._fail_abandoned()
+            await self._sweep()
 
     async def _renew(self) -> None:
         try:
@@ -313,7 +321,16 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                 log.warning("run %s was ended elsewhere; stopping it here", key.name)
                 task.cancel()
 
-    async def _fail_abandoned(self) -> None:
+    async def _sweep(self) -> None:
+        """Adopt the lapsed BATCH runs whose batch was submitted; fail the other lapsed runs."""
+        try:
+            adopted = await adopt_batch_runs(self._store, lease_s=self._lease_s)
+        except Exception as exc:
+            log.warning("could not look for runs to adopt: %s", describe_error(exc))
+            adopted = []
+        for run in adopted:
+            log.info("adopted run %s: reading its batch %s", run.key.name, run.batch)
+            self._track(run.key, self._executor.resume(run))
         try:
             failed = await fail_abandoned_runs(self._store)
         except Exception as exc:
@@ -469,13 +486,18 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         return run_operation(await self._read(key, full=False))
 
     def _start(self, plan: RunPlan) -> None:
-        task = asyncio.create_task(self._executor.execute(plan), name=f"rerun {plan.key.name}")
-        self._tasks[plan.key] = task
-        task.add_done_callback(lambda _: self._tasks.pop(plan.key, None))
+        self._track(plan.key, self._executor.execute(plan))
+
+    def _track(self, key: RunKey, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"rerun {key.name}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
     async def stop(self) -> None:
-        """Cancel the runs still going and mark them FAILED. Call before the store closes."""
+        """Cancel the runs still going; hand over the BATCH runs whose batch was submitted
+        and mark the others FAILED. Call before the store closes."""
         self._stopping = True
+        self._executor.handing_over = True
         upkeep, self._upkeep = self._upkeep, None
         if upkeep is not None:
             upkeep.cancel()
@@ -484,7 +506,16 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         for _, task in running:
             task.cancel()
         await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+        try:
+            handed = set(await hand_over_batch_runs(self._store, [key for key, _ in running]))
+        except Exception:
+            log.exception("could not hand over the interrupted batch runs")
+            handed = set()
+        for key in handed:
+            log.info("run %s handed over: its batch goes on upstream", key.name)
         for key, _ in running:
+            if key in handed:
+                continue
             try:
                 await set_run_state(
                     self._store,

@@ -520,17 +520,87 @@ async def renew_run_leases(
     return gone
 
 
+@dataclass(frozen=True)
+class AdoptedRun:
+    """A BATCH run whose gateway stopped or died after submitting its batch, now leased to
+    the process that adopted it, which reads the batch's answers."""
+
+    key: RunKey
+    model: str
+    batch: str  # the `batches/*` operation
+
+
+def _lapsed(at: datetime) -> sa.ColumnElement[bool]:
+    """Unfinished, with its lease run out (or none: written before leases were kept)."""
+    return sa.and_(
+        _runs.c.state.in_(UNFINISHED),
+        sa.or_(_runs.c.lease_until.is_(None), _runs.c.lease_until < at),
+    )
+
+
+async def adopt_batch_runs(
+    store: Store, *, lease_s: float = RUN_LEASE_S, now: datetime | None = None
+) -> list[AdoptedRun]:
+    """Lease to this process, for `lease_s`, every unfinished BATCH run whose batch was
+    submitted and whose lease has run out; returns them. One UPDATE: of replicas sweeping at
+    once, each run goes to one."""
+    at = _now(now)
+    statement = (
+        _runs.update()
+        .where(_lapsed(at), _runs.c.mode == "batch", _runs.c.batch != "")
+        .values(lease_until=at + timedelta(seconds=lease_s))
+        .returning(
+            _runs.c.project, _runs.c.dataset_id, _runs.c.run_id, _runs.c.model, _runs.c.batch
+        )
+    )
+    async with store.begin() as conn:
+        rows = (await conn.execute(statement)).all()
+    return [AdoptedRun(RunKey(*row[:3]), row.model, row.batch) for row in rows]
+
+
+async def hand_over_batch_runs(
+    store: Store, keys: Iterable[RunKey], *, now: datetime | None = None
+) -> list[RunKey]:
+    """End this process's lease on those of `keys` that are BATCH runs with a submitted
+    batch, so that the next sweep of any gateway adopts them; returns their keys."""
+    at = _now(now)
+    handed = []
+    async with store.begin() as conn:
+        for key in keys:
+            statement = (
+                _runs.update()
+                .where(
+                    key.where(_runs),
+                    _runs.c.state.in_(UNFINISHED),
+                    _runs.c.mode == "batch",
+                    _runs.c.batch != "",
+                )
+                .values(lease_until=at)
+            )
+            if (await conn.execute(statement)).rowcount:
+                handed.append(key)
+    return handed
+
+
+async def unanswered_log_ids(store: Store, key: RunKey) -> list[str]:
+    """The log ids of the run's requests that have no answer yet, in the run's order."""
+    # An unanswered row holds JSON null, which SQL's IS NULL does not match on every backend.
+    query = (
+        sa.select(_results.c.log_id, _results.c.rerun)
+        .where(key.where(_results))
+        .order_by(_results.c.position)
+    )
+    async with store.connect() as conn:
+        return [row.log_id for row in await conn.execute(query) if row.rerun is None]
+
+
 async def fail_abandoned_runs(store: Store, *, now: datetime | None = None) -> list[RunKey]:
     """End as FAILED (UNAVAILABLE) every unfinished run whose lease has run out, or that has
     none (written before leases were kept); returns their keys."""
     ended = _now(now)
-    lapsed = sa.and_(
-        _runs.c.state.in_(UNFINISHED),
-        sa.or_(_runs.c.lease_until.is_(None), _runs.c.lease_until < ended),
-    )
     statement = (
         _runs.update()
-        .where(lapsed)
+        .where(_lapsed(ended))
         .values(
             state="failed",
             end_time=ended,

@@ -487,27 +487,64 @@ async def batch_run_waiting_upstream(target: str, dataset: str, stubs: Stubs) ->
     return started.name
 
 
-async def test_a_stopping_gateway_fails_its_runs(
-    gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle
-) -> None:
-    """A second gateway on the same store starts a run and stops before it ends."""
-    dataset, _ = await logged_dataset(gateway, stubs, PROMPTS[:1])
-    other = await start_gateway(settings_for(emulator, gateway.settings.store_url))
-    emulator.app[BATCHES_KEY].seconds = 1000.0
-    try:
-        name = await batch_run_waiting_upstream(other.target, dataset, stubs)
-    finally:
-        await other.stop(0)
-        emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
+SLOW_PROMPT = "Take your time [[fault:headers_delay:3000]]"  # each answer takes 3 s
+HANDOVER_BATCH_SECONDS = 4.0  # long enough to stop or kill the gateway that submitted it
+
+
+async def direct_run_waiting_upstream(target: str, dataset: str) -> str:
+    """Start a DIRECT re-run of `dataset` (of SLOW_PROMPT) through the gateway at `target`."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        started = await runs_pb2_grpc.RunServiceStub(channel).RerunDataset(
+            runs_pb2.RerunDatasetRequest(dataset=dataset, model=FLASH, mode=runs_pb2.DIRECT),
+            metadata=bearer(ALPHA),
+        )
+    await asyncio.sleep(0.5)  # its call is waiting for the answer
+    return started.name
+
+
+async def assert_adopted_and_answered(stubs: Stubs, name: str, log_names: list[str]) -> None:
+    """The run ended SUCCEEDED with its batch's answers, and the batch was not cancelled."""
+    done = await wait(stubs, name)
     run = await get_run(stubs, name)
-    assert run.state == runs_pb2.FAILED
-    assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
-    assert "stopped" in run.error.message
-    # The batch nobody will read was cancelled upstream.
+    assert done.done and not done.HasField("error"), done.error
+    assert run.state == runs_pb2.SUCCEEDED and run.batch.startswith("batches/")
+    assert [r.log for r in run.results] == log_names
+    assert all(r.rerun.text == r.original.text for r in run.results)
     batch = await stubs.operations.GetOperation(
         operations_pb2.GetOperationRequest(name=run.batch), metadata=bearer(ALPHA)
     )
-    assert batch.done and batch.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert batch.done and not batch.HasField("error")
+
+
+async def test_a_stopping_gateway_hands_its_batch_runs_over(
+    gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle
+) -> None:
+    """A gateway that stops leaves a submitted batch running upstream and ends its lease; a
+    gateway that sweeps 4 times a second adopts the run and ends it with the batch's answers.
+    A DIRECT run, whose calls were this process's own, is FAILED."""
+    dataset, log_names = await logged_dataset(gateway, stubs, PROMPTS[:2])
+    slow_dataset, _ = await logged_dataset(gateway, stubs, [SLOW_PROMPT])
+    store_url = gateway.settings.store_url
+    watcher = await start_gateway(
+        settings_for(emulator, store_url).model_copy(update={"run_lease_s": 1})
+    )
+    other = await start_gateway(settings_for(emulator, store_url))
+    emulator.app[BATCHES_KEY].seconds = HANDOVER_BATCH_SECONDS
+    try:
+        name = await batch_run_waiting_upstream(other.target, dataset, stubs)
+        direct = await direct_run_waiting_upstream(other.target, slow_dataset)
+    finally:
+        await other.stop(0)
+        emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
+    try:
+        assert (await get_run(stubs, name)).state == runs_pb2.RUNNING  # not failed, not cancelled
+        await assert_adopted_and_answered(stubs, name, log_names)
+    finally:
+        await watcher.stop(0)
+    run = await get_run(stubs, direct)
+    assert run.state == runs_pb2.FAILED
+    assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "stopped" in run.error.message
 
 
 def _config(folder: Path) -> Path:
@@ -540,35 +577,36 @@ def _serve_in_a_subprocess(folder: Path, emulator: EmulatorHandle, store_url: st
     return served
 
 
-async def test_a_run_whose_gateway_died_is_failed_by_another(
+async def test_the_runs_of_a_gateway_that_died_are_adopted_or_failed(
     gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
-    """A gateway process runs a batch run, holding its 1 s lease, beside a gateway that looks
-    for lapsed leases 4 times a second; killed (SIGKILL), its run is failed by the other."""
-    dataset, _ = await logged_dataset(gateway, stubs, PROMPTS[:1])
+    """A gateway process runs a batch run and a direct run, holding their 1 s leases, beside
+    a gateway that sweeps 4 times a second. Killed (SIGKILL), its batch run is adopted by the
+    other, which reads the batch's answers; its direct run is failed."""
+    dataset, log_names = await logged_dataset(gateway, stubs, PROMPTS[:2])
+    slow_dataset, _ = await logged_dataset(gateway, stubs, [SLOW_PROMPT])
     store_url = gateway.settings.store_url
     watcher = await start_gateway(
         settings_for(emulator, store_url).model_copy(update={"run_lease_s": 1})
     )
     served = _serve_in_a_subprocess(tmp_path, emulator, store_url)
-    emulator.app[BATCHES_KEY].seconds = 1000.0
+    emulator.app[BATCHES_KEY].seconds = HANDOVER_BATCH_SECONDS
     try:
         name = await batch_run_waiting_upstream(served.target, dataset, stubs)
-        await asyncio.sleep(2)  # twice its lease: the live gateway keeps extending it
+        direct = await direct_run_waiting_upstream(served.target, slow_dataset)
+        await asyncio.sleep(1.5)  # past their lease: the live gateway keeps extending it
         assert (await get_run(stubs, name)).state == runs_pb2.RUNNING
+        assert (await get_run(stubs, direct)).state == runs_pb2.RUNNING
         served.process.kill()
         served.process.wait()
-        for _ in range(100):
-            run = await get_run(stubs, name)
-            if run.state != runs_pb2.RUNNING:
-                break
-            await asyncio.sleep(0.1)
+        await assert_adopted_and_answered(stubs, name, log_names)
     finally:
         stop(served)  # killed already, unless the test failed before
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
         await watcher.stop(0)
+    run = await get_run(stubs, direct)
     assert run.state == runs_pb2.FAILED
     assert run.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert run.error.message == ABANDONED_MESSAGE
-    done = await wait(stubs, name)
+    done = await wait(stubs, direct)
     assert done.done and done.error.message == ABANDONED_MESSAGE

@@ -16,23 +16,27 @@ from gemini_gateway.server.store import Store
 from gemini_gateway.server.store.log_tables import DatasetLog, DatasetRow, DatasetRun, RequestLog
 from gemini_gateway.server.store.runs import (
     ABANDONED_MESSAGE,
+    AdoptedRun,
     CallOutput,
     EmptyDataset,
     NoSuchDataset,
     RerunAnswer,
     RunKey,
     Tokens,
+    adopt_batch_runs,
     create_run,
     dataset_exists,
     fail_abandoned_runs,
     first_candidate_text,
     get_run,
+    hand_over_batch_runs,
     list_runs,
     record_answers,
     renew_run_leases,
     run_requests,
     set_run_state,
     text_similarity,
+    unanswered_log_ids,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -383,6 +387,61 @@ async def test_runs_whose_lease_ran_out_are_failed_and_the_others_kept(
     )
     assert gone == [lapsed, RunKey("p1", "d1", "deleted")]
     assert await fail_abandoned_runs(store, now=T0 + timedelta(seconds=119)) == []
+
+
+async def test_lapsed_batch_runs_with_a_batch_are_adopted_and_the_rest_failed(
+    store: Store, prices: PriceTable, dataset: list[str]
+) -> None:
+    # All leased for 60 s from T0: a batch run with its batch submitted, one without, a
+    # direct run, a submitted batch run renewed until T0 + 2 min, and one that ended.
+    submitted, unsubmitted, direct, renewed, ended = [
+        await new_run(store, prices, now=T0, lease_s=60, mode=mode)
+        for mode in ("batch", "batch", "direct", "batch", "batch")
+    ]
+    for key in (submitted, renewed, ended):
+        assert await set_run_state(store, key, "running", batch=f"batches/{key.run_id}")
+    assert await set_run_state(store, ended, "succeeded", now=T0)
+    assert await renew_run_leases(store, [renewed], lease_s=120, now=T0) == []
+
+    assert await adopt_batch_runs(store, now=T0 + timedelta(seconds=59)) == []
+    later = T0 + timedelta(seconds=61)
+    adopted = await adopt_batch_runs(store, lease_s=30, now=later)
+    assert adopted == [AdoptedRun(submitted, PRO, f"batches/{submitted.run_id}")]
+    # Adopted once: leased to the adopter, neither adopted again nor failed.
+    assert await adopt_batch_runs(store, now=later) == []
+    assert sorted(await fail_abandoned_runs(store, now=later), key=str) == sorted(
+        [unsubmitted, direct], key=str
+    )
+    run = await get_run(store, submitted, prices)
+    assert run is not None and run.state == "running"
+    # Its lease runs out in turn unless the adopter renews it.
+    assert await adopt_batch_runs(store, now=later + timedelta(seconds=31)) == adopted
+
+
+async def test_a_stopping_process_hands_over_only_submitted_batch_runs(
+    store: Store, prices: PriceTable, dataset: list[str]
+) -> None:
+    submitted, unsubmitted, direct = [
+        await new_run(store, prices, now=T0, lease_s=60, mode=mode)
+        for mode in ("batch", "batch", "direct")
+    ]
+    assert await set_run_state(store, submitted, "running", batch="batches/b1")
+    keys = [submitted, unsubmitted, direct, RunKey("p1", "d1", "deleted")]
+    assert await hand_over_batch_runs(store, keys, now=T0 + timedelta(seconds=1)) == [submitted]
+    # Its lease ended when handed over: the next sweep adopts it.
+    adopted = await adopt_batch_runs(store, now=T0 + timedelta(seconds=2))
+    assert [run.key for run in adopted] == [submitted]
+
+
+async def test_unanswered_requests_are_those_without_an_answer(
+    store: Store, prices: PriceTable, dataset: list[str]
+) -> None:
+    key = await new_run(store, prices, mode="batch")
+    order = await unanswered_log_ids(store, key)
+    assert sorted(order) == sorted(dataset)
+    answer = RerunAnswer(order[1], CallOutput(model=PRO, error_code=5, error_message="gone"))
+    await record_answers(store, key, [answer])
+    assert await unanswered_log_ids(store, key) == [order[0], order[2]]
 
 
 async def test_list_is_newest_first_and_paged(
