@@ -329,6 +329,8 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             log.warning("could not look for runs to adopt: %s", describe_error(exc))
             adopted = []
         for run in adopted:
+            if run.key in self._tasks:
+                continue  # this process's own, whose lease lapsed while the store was away
             log.info("adopted run %s: reading its batch %s", run.key.name, run.batch)
             self._track(run.key, self._executor.resume(run))
         try:

@@ -8,11 +8,13 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
@@ -41,6 +43,7 @@ from gemini_gateway.server.app import Gateway, start_gateway
 from gemini_gateway.server.config import CallerConfig, ProjectConfig, Settings
 from gemini_gateway.server.identity import token_sha256
 from gemini_gateway.server.reruns import RUN_LABEL
+from gemini_gateway.server.store.log_tables import DatasetRun
 from gemini_gateway.server.store.logs import list_logs
 from gemini_gateway.server.store.runs import ABANDONED_MESSAGE
 from tests.integration.served_command import ServedCommand, launch, stop, wait_ready
@@ -502,7 +505,7 @@ async def direct_run_waiting_upstream(target: str, dataset: str) -> str:
     return started.name
 
 
-async def assert_adopted_and_answered(stubs: Stubs, name: str, log_names: list[str]) -> None:
+async def assert_answered_by_its_batch(stubs: Stubs, name: str, log_names: list[str]) -> None:
     """The run ended SUCCEEDED with its batch's answers, and the batch was not cancelled."""
     done = await wait(stubs, name)
     run = await get_run(stubs, name)
@@ -538,7 +541,7 @@ async def test_a_stopping_gateway_hands_its_batch_runs_over(
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
     try:
         assert (await get_run(stubs, name)).state == runs_pb2.RUNNING  # not failed, not cancelled
-        await assert_adopted_and_answered(stubs, name, log_names)
+        await assert_answered_by_its_batch(stubs, name, log_names)
     finally:
         await watcher.stop(0)
     run = await get_run(stubs, direct)
@@ -599,7 +602,7 @@ async def test_the_runs_of_a_gateway_that_died_are_adopted_or_failed(
         assert (await get_run(stubs, direct)).state == runs_pb2.RUNNING
         served.process.kill()
         served.process.wait()
-        await assert_adopted_and_answered(stubs, name, log_names)
+        await assert_answered_by_its_batch(stubs, name, log_names)
     finally:
         stop(served)  # killed already, unless the test failed before
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
@@ -610,3 +613,28 @@ async def test_the_runs_of_a_gateway_that_died_are_adopted_or_failed(
     assert run.error.message == ABANDONED_MESSAGE
     done = await wait(stubs, direct)
     assert done.done and done.error.message == ABANDONED_MESSAGE
+
+
+async def test_a_gateway_does_not_adopt_its_own_running_batch_run(
+    gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle
+) -> None:
+    """A run whose lease lapsed while its own process still runs it (the store was out of
+    reach) is leased again by that process's sweep, not run twice."""
+    dataset, log_names = await logged_dataset(gateway, stubs, PROMPTS[:1])
+    emulator.app[BATCHES_KEY].seconds = 2.0
+    try:
+        name = await batch_run_waiting_upstream(gateway.target, dataset, stubs)
+    finally:
+        emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
+    run_id = name.rsplit("/", 1)[1]
+    async with gateway.store.begin() as conn:
+        await conn.execute(
+            sa.update(DatasetRun)
+            .where(DatasetRun.run_id == run_id)
+            .values(lease_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    running = [task for task in asyncio.all_tasks() if task.get_name().endswith(run_id)]
+    await gateway.runs._sweep()
+    assert [t for t in asyncio.all_tasks() if t.get_name().endswith(run_id)] == running
+    assert len(running) == 1
+    await assert_answered_by_its_batch(stubs, name, log_names)
