@@ -257,7 +257,16 @@ class RunExecutor:
         """Finish a BATCH run that another process submitted: wait for its batch, store the
         answers to the requests still unanswered, end the run."""
         identity = Identity(run.key.project, ADOPTING_CALLER)
-        plan = RunPlan(run.key, run.model, "batch", 1, None, None, (), identity)
+        plan = RunPlan(
+            key=run.key,
+            model=run.model,
+            mode="batch",
+            concurrency=1,
+            system_instruction=None,  # the batch was sent with them; only its answers are read
+            generation_config=None,
+            metadata=(),
+            identity=identity,
+        )
         await self._conclude(plan, self._read_batch(plan, run.batch))
 
     async def _start_and_run(self, plan: RunPlan) -> bool:
