@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,7 @@ class Gateway:
     _emulator: EmulatorHandle | None = field(default=None)
     console: HttpFaceHandle | None = field(default=None)
     tracing: Tracing | None = field(default=None)
+    console_socket_dir: str | None = field(default=None)  # see _console_socket
 
     @property
     def target(self) -> str:
@@ -141,6 +144,8 @@ class Gateway:
         # Live tails end first: they would otherwise hold the drain for its whole grace.
         await self.log_bus.stop()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        if self.console_socket_dir is not None:
+            shutil.rmtree(self.console_socket_dir, ignore_errors=True)
         await self.runs.stop()
         await self.recorder.stop()  # flushes what the drained calls recorded
         await self.policies.stop()
@@ -160,6 +165,19 @@ def shares_port(settings: Settings) -> bool:
 def target_of(host: str, port: int) -> str:
     """host:port as a client on this machine dials it (a wildcard address becomes loopback)."""
     return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host}:{port}"
+
+
+def _console_socket(server: grpc.aio.Server, opened: AsyncExitStack) -> tuple[str, str]:
+    """Where the console calls the gateway when its gRPC port serves TLS: (target, folder), a
+    Unix socket of the process's own in a folder only its user may enter (mkdtemp makes it
+    0700). On it the console's calls need no certificate and match no host name, and no
+    plain-text TCP port opens beside the TLS one; callers still show their tokens, as on the
+    TLS port. The folder goes when the gateway stops (or fails to start)."""
+    folder = tempfile.mkdtemp(prefix="gemini-gateway-console-")
+    opened.callback(shutil.rmtree, folder, ignore_errors=True)
+    target = f"unix:{folder}/grpc.sock"
+    server.add_insecure_port(target)
+    return target, folder
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -190,7 +208,6 @@ async def start_gateway(
     settings = settings or Settings()
     # The quick checks come first: a busy port or a bad file costs no migration or emulator.
     startup.check_exposure(settings)
-    startup.check_console(settings)
     credentials = _server_credentials(settings)
     if not shares_port(settings):  # workers share a port the supervisor checked
         startup.check_port(settings.host, settings.port)
@@ -338,10 +355,14 @@ async def _start(
         startup.check_port(settings.host, settings.port)
         raise startup.listen_error("the gateway", settings.host, settings.port, None) from exc
     console_app = None
+    console_socket_dir = None
     if settings.console_port is not None:  # built before serving: a bad http rule stops here
+        face_target = target_of(settings.host, port)
+        if credentials is not None:
+            face_target, console_socket_dir = _console_socket(server, opened)
         console_app = build_http_face(
             [*LOCAL_SERVICES, *CONSOLE_FORWARDED_SERVICES],
-            target_of(settings.host, port),
+            face_target,
             static_dir=CONSOLE_DIR,
             http_rules=load_service_config_rules(SERVICE_CONFIG),
             routes=[info_route(settings, callers)],
@@ -352,7 +373,11 @@ async def _start(
         console_port = settings.console_port or 0
         try:
             console = await start_http_face(
-                console_app, settings.host, console_port, reuse_port=shares_port(settings)
+                console_app,
+                settings.host,
+                console_port,
+                reuse_port=shares_port(settings),
+                ssl_context=startup.https_context(settings),
             )
         except OSError as exc:
             raise startup.listen_error(
@@ -382,6 +407,7 @@ async def _start(
         emulator,
         console,
         tracing,
+        console_socket_dir,
     )
 
 

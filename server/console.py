@@ -45,7 +45,7 @@ def with_console_default(settings: Settings) -> Settings:
     """`serve`'s console: on DEFAULT_CONSOLE_PORT in development mode on a loopback address
     unless a console port is set; nowhere otherwise. A taken default port is skipped with a
     warning rather than stopping the gateway (a port asked for explicitly does stop it)."""
-    if settings.console_port is not None or settings.tls_cert_file is not None:
+    if settings.console_port is not None:
         return settings
     if not is_loopback(settings.host) or not CallerDirectory(settings).development_mode:
         return settings

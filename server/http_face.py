@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1070,6 +1071,7 @@ class HttpFaceHandle:
     runner: web.AppRunner
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
@@ -1078,7 +1080,7 @@ class HttpFaceHandle:
             host = "::1"
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     async def close(self) -> None:
         """Stop listening, end the event streams, close the gRPC channel."""
@@ -1092,19 +1094,23 @@ async def start_http_face(
     *,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> HttpFaceHandle:
-    """Serve `app` on host:port (0 picks a free port). A client that disconnects cancels its
-    request, and with it the gRPC call behind it. `reuse_port` lets several worker processes
-    share the port (SO_REUSEPORT), as the gRPC port is shared with `workers` above 1."""
+    """Serve `app` on host:port (0 picks a free port); HTTPS with `ssl_context`. A client
+    that disconnects cancels its request, and with it the gRPC call behind it. `reuse_port`
+    lets several worker processes share the port (SO_REUSEPORT), as the gRPC port is shared
+    with `workers` above 1."""
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     bound = runner.addresses[0][1]
-    return HttpFaceHandle(runner, host, int(bound))
+    return HttpFaceHandle(runner, host, int(bound), "http" if ssl_context is None else "https")

@@ -435,14 +435,20 @@ def listen_error(
     )
 
 
-def check_console(settings: Settings) -> None:
-    """The console's JSON face calls the gateway's own gRPC port in plain text on loopback:
-    with TLS on that port it cannot, yet, so the two are refused together."""
-    if settings.console_port is not None and settings.tls_cert_file is not None:
-        raise StartupError(
-            "the web console cannot run beside TLS yet",
-            "serve the console from a gateway without --tls-cert, or leave --console-port unset",
-        )
+def https_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the web console, from the gRPC port's files (read_tls_files has checked
+    them): the same certificate and key, and with tls_client_ca_file the same demand for a
+    client certificate signed by that CA. None when the gateway serves no TLS."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])  # the console speaks HTTP/1.1
+    context.load_cert_chain(settings.tls_cert_file.expanduser(), settings.tls_key_file.expanduser())
+    if settings.tls_client_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(settings.tls_client_ca_file.expanduser())
+    return context
 
 
 def check_port(host: str, port: int, what: str = "the gateway", option: str = "--port") -> None:

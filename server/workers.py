@@ -180,7 +180,6 @@ async def _preflight(settings: Settings) -> tuple[int, str | None]:
             "use --workers 1 (GEMINI_GATEWAY_WORKERS=1), and run one gateway per port",
         )
     startup.check_exposure(settings)
-    startup.check_console(settings)
     startup.read_tls_files(settings)
     startup.check_port(settings.host, settings.port)
     port = settings.port or _free_port(settings.host)

@@ -7,9 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from tests.pki import pki
 from tests.postgres import fresh_url, postgres
 
-__all__ = ["fresh_url", "postgres"]  # fixtures for every test folder
+__all__ = ["fresh_url", "pki", "postgres"]  # fixtures for every test folder
 
 _STORE_DIR = Path(tempfile.mkdtemp(prefix="gemini-gateway-tests-"))
 os.environ.setdefault("GEMINI_GATEWAY_STORE_URL", f"sqlite+aiosqlite:///{_STORE_DIR}/gateway.db")

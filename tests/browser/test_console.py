@@ -17,12 +17,15 @@ from typing import Any
 
 import pytest
 
+from gemini_gateway.client.gateway_client import GatewayClient, text_request
 from gemini_gateway.emulator.tuning import TUNING_KEY
 from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     model_service_pb2,
     model_service_pb2_grpc,
     tuned_model_pb2,
 )
+from gemini_gateway.server.app import start_gateway
+from gemini_gateway.server.config import Settings
 from tests.browser.conftest import FLASH, PRO, SEED_CALLS, Console, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -488,3 +491,48 @@ async def test_every_control_has_a_name(page: Any, console: Console) -> None:
         await page.locator(loaded).first.wait_for()
         assert await page.evaluate(UNNAMED_CONTROLS) == [], route
         assert await page.locator("main h1").count() == 1, route
+
+
+# --- beside TLS ------------------------------------------------------------------------------
+
+
+async def test_the_console_over_https_beside_tls(
+    browser: Any, console: Console, pki: Path, tmp_path: Path
+) -> None:
+    """A gateway that serves TLS serves its console over HTTPS with the same certificate: the
+    settings load and the live tail follows a new call, through the JSON face's calls."""
+    gateway = await start_gateway(
+        Settings(
+            port=0,
+            upstream="emulator",
+            upstream_url=console.emulator.url,
+            logging_enabled=True,
+            store_url=f"sqlite+aiosqlite:///{tmp_path}/tls.db",
+            console_port=0,
+            tls_cert_file=pki / "server.crt",
+            tls_key_file=pki / "server.key",
+        )
+    )
+    assert gateway.console is not None and gateway.console.url.startswith("https://")
+    # Chromium does not know the test CA: the certificate is what the other tests check.
+    context = await browser.new_context(base_url=gateway.console.url, ignore_https_errors=True)
+    context.set_default_timeout(10_000)
+    tab = await context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        await tab.goto("/#/settings")
+        await tab.get_by_text("Logs kept", exact=True).wait_for()  # the settings are read
+        await tab.goto("/#/logs")
+        await tab.get_by_text("No logs yet.", exact=False).wait_for()
+        await tab.get_by_label("Live").check()
+        await tab.get_by_text("following new logs").wait_for()
+        ca = (pki / "ca.crt").read_bytes()
+        async with GatewayClient(gateway.target, root_certificates=ca) as client:
+            await client.generate(text_request(FLASH, "Over TLS", {"probe": "tls"}))
+        await row_count(tab, 1)
+        assert "probe=tls" in await (await rows(tab)).first.inner_text()
+    finally:
+        await context.close()
+        await gateway.stop(0)
+    assert not errors, f"script errors in the console: {errors}"

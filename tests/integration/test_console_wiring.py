@@ -4,7 +4,6 @@ and when `serve` opens it by default."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,7 +13,6 @@ from gemini_gateway.server.app import banner, start_gateway
 from gemini_gateway.server.config import CallerConfig, ProjectConfig, Settings
 from gemini_gateway.server.console import DEFAULT_CONSOLE_PORT, with_console_default
 from gemini_gateway.server.identity import token_sha256
-from gemini_gateway.server.startup import StartupError
 
 
 async def test_a_console_port_serves_the_console_and_the_json_face(
@@ -58,18 +56,6 @@ async def test_no_console_port_no_console(emulator: EmulatorHandle) -> None:
         await gateway.stop(0)
 
 
-async def test_the_console_is_refused_beside_tls(tmp_path: Path) -> None:
-    with pytest.raises(StartupError, match="console cannot run beside TLS"):
-        await start_gateway(
-            Settings(
-                port=0,
-                console_port=0,
-                tls_cert_file=tmp_path / "server.crt",
-                tls_key_file=tmp_path / "server.key",
-            )
-        )
-
-
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -83,7 +69,10 @@ def test_serve_opens_the_console_by_default_in_development_on_loopback() -> None
     development = Settings(host="127.0.0.1")
     expected = DEFAULT_CONSOLE_PORT if _port_is_free(DEFAULT_CONSOLE_PORT) else None
     assert with_console_default(development).console_port == expected
-    # Explicit ports win; other addresses, identities or TLS leave it off.
+    # TLS does not change it (the console then serves HTTPS); explicit ports win; other
+    # addresses or identities leave it off.
+    with_tls = Settings(host="127.0.0.1", tls_cert_file="c.pem", tls_key_file="k.pem")
+    assert with_console_default(with_tls).console_port == expected
     assert with_console_default(Settings(console_port=9999)).console_port == 9999
     assert with_console_default(Settings(host="0.0.0.0")).console_port is None
     caller = CallerConfig(name="svc", token_sha256=token_sha256("t"))
