@@ -239,6 +239,10 @@ class Services:
         self.started.append(service)
         return service
 
+    def start_python(self, name: str, args: list[str], port: int) -> Service:
+        """`python ARGS` of this checkout, listening on `port` (e.g. a bench module's server)."""
+        return self._spawn(name, args, port)
+
     def start_emulator(self, chunk_count: int = 3, chunk_delay_ms: float = 0) -> Service:
         port = free_port()
         args = [

@@ -102,6 +102,7 @@ BENCHMARKS_SKIPPED = {
     ".venv/bin/python -m bench --recording": "about a minute",
     ".venv/bin/python -m bench --logging": "about a minute and a half",
     ".venv/bin/python -m bench --markdown": "about six minutes",
+    ".venv/bin/python -m bench.floor": "about two minutes, and needs h2load and nginx",
 }
 
 
