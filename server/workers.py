@@ -425,8 +425,9 @@ async def supervise(settings: Settings, count: int) -> None:
             if pids is not None:
                 target = target_of(settings.host, port)
                 console = settings.console_port
+                scheme = "http" if settings.tls_cert_file is None else "https"
                 console_url = (
-                    None if console is None else f"http://{target_of(settings.host, console)}/"
+                    None if console is None else f"{scheme}://{target_of(settings.host, console)}/"
                 )
                 print(banner_text(settings, target, upstream_base, metrics_port, console_url))
                 shown = ", ".join(str(pid) for pid in pids)

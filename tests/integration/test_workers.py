@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -125,13 +127,16 @@ def _workers_env(folder: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def _serve_workers(folder: Path, *args: str, **settings: str) -> ServedCommand:
-    """`serve --emulator --workers 2 --port 0 ARGS`, once its banner said `workers: ...`."""
+def _serve_workers(
+    folder: Path, *args: str, last_line: str = "  workers: ", **settings: str
+) -> ServedCommand:
+    """`serve --emulator --workers 2 --port 0 ARGS`, once its banner's last line (`last_line`:
+    `  limits: ` when a limit is set) has been read."""
     served = launch(
         ["serve", "--emulator", "--workers", "2", "--port", "0", *args],
         _workers_env(folder, **settings),
         folder,
-        ready_when=lambda line: line.startswith("  workers: "),
+        ready_when=lambda line: line.startswith(last_line),
     )
     wait_ready(served, 40)
     return served
@@ -263,7 +268,11 @@ async def _generate_codes(target: str, count: int) -> list[grpc.StatusCode]:
 
 def test_the_workers_keep_a_projects_requests_per_minute_together(tmp_path: Path) -> None:
     command = _serve_workers(
-        tmp_path, "--metrics-port", "0", GEMINI_GATEWAY_REQUESTS_PER_MINUTE=str(LIMITED)
+        tmp_path,
+        "--metrics-port",
+        "0",
+        last_line="  limits: ",
+        GEMINI_GATEWAY_REQUESTS_PER_MINUTE=str(LIMITED),
     )
     try:
         assert "  limits: kept by the 2 workers together\n" in command.output, command.text
@@ -285,7 +294,9 @@ def test_the_workers_keep_a_projects_requests_per_minute_together(tmp_path: Path
 def test_a_killed_workers_calls_in_flight_are_forgotten(tmp_path: Path) -> None:
     """max_concurrent_calls counts the calls of every worker; those of a worker that died
     free their slots once the supervisor has seen it die."""
-    command = _serve_workers(tmp_path, GEMINI_GATEWAY_MAX_CONCURRENT_CALLS=str(HELD_STREAMS))
+    command = _serve_workers(
+        tmp_path, last_line="  limits: ", GEMINI_GATEWAY_MAX_CONCURRENT_CALLS=str(HELD_STREAMS)
+    )
     target = command.target
 
     async def hold(channel: grpc.aio.Channel, started: asyncio.Event) -> grpc.StatusCode:
@@ -406,3 +417,30 @@ def test_workers_must_not_be_negative(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "--workers" in result.stderr.splitlines()[0]
+
+
+# --- TLS, and the console beside it ----------------------------------------------------------
+
+
+def test_the_workers_serve_the_console_over_https_beside_tls(tmp_path: Path, pki: Path) -> None:
+    """Each worker serves the console on the shared port with the gateway's certificate, and
+    its face reaches that worker's gRPC server (on its own Unix socket)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        console_port = probe.getsockname()[1]
+    command = _serve_workers(
+        tmp_path,
+        "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
+        "--console-port", str(console_port),
+    )  # fmt: skip
+    try:
+        url = f"https://127.0.0.1:{console_port}/"
+        assert f"  console: {url}\n" in command.output, command.text
+        context = ssl.create_default_context(cafile=pki / "ca.crt")
+        for _ in range(6):  # new connections, spread over both workers
+            with urllib.request.urlopen(
+                url + "v1/projects/-/loggingSettings", context=context
+            ) as answer:
+                assert json.load(answer)["name"] == "projects/default/loggingSettings"
+    finally:
+        stop(command)
