@@ -41,6 +41,7 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     model_service_pb2,
 )
 from gemini_gateway.server import reflection, startup
+from gemini_gateway.server.batch_usage import BatchUsage
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.console import CONSOLE_DIR, info_route, with_console_default
 from gemini_gateway.server.forwarder import Forwarder
@@ -312,16 +313,18 @@ async def _start(
         ],
     )
     opened.push_async_callback(server.stop, 0)
+    usage_metrics = UsageMetrics(settings.metrics_label_keys)
     forwarder = Forwarder(
         routes,
         upstream,
         VALIDATORS,
         callers=callers,
         recorder=recorder if settings.record_usage else None,
-        usage_metrics=UsageMetrics(settings.metrics_label_keys),
+        usage_metrics=usage_metrics,
         strip_labels=settings.strip_labels,
         log_capture=LogCapture(recorder, policies),
         tenancy=Tenancy.from_settings(store, callers, settings),
+        batch_usage=BatchUsage(store, usage_metrics) if settings.record_usage else None,
     )
     runs = RunServicer(store, callers, forwarder, prices, lease_s=settings.run_lease_s)
     await runs.start()

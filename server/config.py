@@ -292,7 +292,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the store: SQLite (embedded, created on first start) or "
         "postgresql+asyncpg://... shared by several gateway replicas.",
     )
-    record_usage: bool = Field(True, description="Record one usage event per generate call.")
+    record_usage: bool = Field(
+        True,
+        description="Record one usage event per generate call, and meter each Batch API batch "
+        "once it is done.",
+    )
     recorder_queue_size: int = Field(
         10_000,
         description="Events held in memory for the store; beyond it they are dropped "

@@ -16,7 +16,9 @@ validator), and the tuned models and batches it names must be its project's
 StreamGenerateContent, on models and tuned models alike) also get their labels merged with
 the caller's defaults and validated as one set, and are metered: one usage event per call
 (and one log event when the project logs calls), handed to the recorder after the call,
-never inside a stream's loop beyond noting the chunk.
+never inside a stream's loop beyond noting the chunk. A BatchGenerateContent's inlined
+requests get their labels the same way; the batch is kept, and metered once it is seen done
+in an answer (batch_usage.BatchUsage).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from google.protobuf.message import Message
 
 from gemini_gateway.server import errors, proto_json
 from gemini_gateway.server.any_types import mentions_internal_types, normalize_any_types
+from gemini_gateway.server.batch_usage import (
+    BATCH_GENERATE,
+    BATCH_METHODS,
+    label_inlined_requests,
+)
 from gemini_gateway.server.identity import CallerDirectory, Identity
 from gemini_gateway.server.labels import LabelError, LabelSet
 from gemini_gateway.server.metering import GENERATE_REQUESTS, CallMeter, UsageMetrics
@@ -48,6 +55,7 @@ from gemini_gateway.server.upstream_body import (
 from gemini_gateway.server.validation import check_values, decode_message, decoding_handler
 
 if TYPE_CHECKING:
+    from gemini_gateway.server.batch_usage import BatchUsage
     from gemini_gateway.server.request_log import LogCapture
     from gemini_gateway.server.tenancy import Tenancy
 
@@ -101,6 +109,7 @@ class Forwarder:
         strip_labels: bool = False,
         log_capture: LogCapture | None = None,
         tenancy: Tenancy | None = None,
+        batch_usage: BatchUsage | None = None,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
@@ -111,6 +120,7 @@ class Forwarder:
         self._strip_labels = strip_labels
         self._log_capture = log_capture
         self._tenancy = tenancy
+        self._batch_usage = batch_usage
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = defaultdict(dict)
@@ -164,6 +174,15 @@ class Forwarder:
         self._check(route, request)
         if self._tenancy is not None:
             await self._tenancy.authorize(identity, route, request)
+        if route.full_method == BATCH_GENERATE:
+            call = route.to_http(request)
+            label_inlined_requests(
+                request,  # type: ignore[arg-type]
+                identity.default_labels,
+                self._strip_labels,
+                call.body,
+            )
+            return call, None, identity
         if route.method.input_type.full_name not in GENERATE_REQUESTS:
             return route.to_http(request), None, identity
         labels = self._merge_labels(request, identity)
@@ -210,10 +229,17 @@ class Forwarder:
         call, meter, identity = await self._prepare(route, request, context, identity)
         if self._tenancy is not None and self._tenancy.lists(route, request):
             fetch = partial(self._fetch, route, context)
-            return await self._tenancy.list_visible(identity, route, request, fetch)
-        response = await self._send(route, call, context, meter)
-        if self._tenancy is not None:
-            await self._tenancy.created(identity, route, response)
+            response = await self._tenancy.list_visible(identity, route, request, fetch)
+        else:
+            response = await self._send(route, call, context, meter)
+            if self._tenancy is not None:
+                await self._tenancy.created(identity, route, response)
+        batch_usage = self._batch_usage
+        if batch_usage is not None and route.full_method in BATCH_METHODS:
+            if route.full_method == BATCH_GENERATE:
+                await batch_usage.created(identity, request, response)  # type: ignore[arg-type]
+            else:
+                await batch_usage.seen(route.full_method, response)
         return response
 
     async def _fetch(

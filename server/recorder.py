@@ -50,7 +50,9 @@ class UsageEvent(NamedTuple):
 
     `method` is the short RPC name, `status` the gRPC code name ("OK", "RESOURCE_EXHAUSTED"),
     token counts are usageMetadata's (prompt includes cached), `first_chunk_ms` is set for
-    streams only, `incomplete` marks a call that ended before its last chunk. A named tuple:
+    streams only, `incomplete` marks a call that ended before its last chunk, `batch` a request
+    of a Batch API batch (method "BatchGenerateContent", billed at the batch discount, no
+    latency of its own). A named tuple:
     immutable like a frozen dataclass, and made in a third of its time (one per call).
     """
 
@@ -70,6 +72,7 @@ class UsageEvent(NamedTuple):
     latency_ms: float
     first_chunk_ms: float | None
     incomplete: bool
+    batch: bool = False
 
 
 BatchWriter = Callable[[AsyncConnection, Sequence[Any]], Awaitable["Callable[[], None] | None"]]

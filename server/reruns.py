@@ -11,8 +11,8 @@ given the run's system-instruction / generation-config overrides, labelled
   answer is stored as soon as it arrives, so a running run shows its progress.
 - BATCH: one BatchGenerateContent call with every request inlined (metadata `key` = log id),
   then GetOperation on the `batches/*` operation until it is done, then each inlined response
-  stored by its key. The Batch API is not a generate call: the forwarder neither meters nor
-  logs it.
+  stored by its key. The Batch API is not a generate call: the requests are not logged, and
+  their usage is metered once the batch is done, at the Batch API's price (batch_usage.py).
 
 A request whose log is gone, or whose answer is an error, gets an error result; the run still
 SUCCEEDS. A run FAILS when it cannot go on as a whole: the batch is refused or ends with an
@@ -46,6 +46,7 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
 )
 from gemini_gateway.server import errors
+from gemini_gateway.server.batch_usage import batch_output
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.identity import Identity, Metadata
 from gemini_gateway.server.labels import MAX_LABELS
@@ -473,25 +474,12 @@ def _status_code(number: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _batch_output(
-    operation: operations_pb2.Operation,
-) -> generative_service_pb2.GenerateContentBatchOutput:
-    """The batch's output: the operation's response, else the output in its metadata."""
-    output = generative_service_pb2.GenerateContentBatchOutput()
-    if operation.response.Unpack(output):
-        return output
-    batch = generative_service_pb2.GenerateContentBatch()
-    if operation.metadata.Unpack(batch):
-        return batch.output
-    return output
-
-
 def _batch_answers(
     plan: RunPlan, operation: operations_pb2.Operation, sent: Sequence[str]
 ) -> list[RerunAnswer]:
     """One answer per sent log id: by each response's `key`, else by its position."""
     answers: dict[str, RerunAnswer] = {}
-    entries = _batch_output(operation).inlined_responses.inlined_responses
+    entries = batch_output(operation).inlined_responses.inlined_responses
     for index, entry in enumerate(entries):
         key = entry.metadata.fields.get("key")
         log_id = key.string_value if key is not None else (sent[index] if index < len(sent) else "")

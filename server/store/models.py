@@ -116,6 +116,8 @@ class UsageEventRow(Base):
     first_chunk_ms: Mapped[float | None] = mapped_column(sa.Float(), nullable=True)
     incomplete: Mapped[bool] = mapped_column(sa.Boolean())
     long_prompt: Mapped[bool] = mapped_column(sa.Boolean())
+    # A request of a Batch API batch (billed at the batch discount), not a generate call.
+    batch: Mapped[bool] = mapped_column(sa.Boolean(), default=False, server_default=sa.false())
 
 
 class _RollupBase:
@@ -125,6 +127,7 @@ class _RollupBase:
     project: Mapped[str] = mapped_column(sa.String())
     model: Mapped[str] = mapped_column(sa.String())
     long_prompt: Mapped[bool] = mapped_column(sa.Boolean())
+    batch: Mapped[bool] = mapped_column(sa.Boolean(), default=False, server_default=sa.false())
     labels_hash: Mapped[str] = mapped_column(sa.String(64))
     labels: Mapped[dict[str, str]] = mapped_column(JsonType)
     request_count: Mapped[int] = mapped_column(sa.BigInteger())
@@ -143,7 +146,7 @@ class _RollupBase:
 
     # The rollup's key, in index order.
     key_columns: ClassVar[tuple[str, ...]] = (
-        "period_start", "project", "model", "long_prompt", "labels_hash",
+        "period_start", "project", "model", "long_prompt", "batch", "labels_hash",
     )  # fmt: skip
 
     @declared_attr.directive
@@ -167,7 +170,7 @@ class _CallDimensions:
 
     key_columns: ClassVar[tuple[str, ...]] = (
         "period_start", "project", "model", "method", "caller", "status", "long_prompt",
-        "labels_hash",
+        "batch", "labels_hash",
     )  # fmt: skip
 
 
@@ -205,6 +208,28 @@ class UsageLabelValue(Base):
     value: Mapped[str] = mapped_column(sa.String(), primary_key=True)
     count: Mapped[int] = mapped_column(sa.BigInteger())
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BatchMeter(Base):
+    """A Batch API batch the gateway submitted, waiting to be metered once it is done.
+
+    Written when BatchGenerateContent answers (server/batch_usage.py): who submitted it and,
+    per request, the model and labels its usage belongs to (the answers carry neither).
+    `metered_time` is set in the transaction that writes the batch's usage, so each batch is
+    metered once, whichever replica first sees it done.
+    """
+
+    __tablename__ = "batch_meters"
+
+    # `batches/{id}`.
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    project: Mapped[str] = mapped_column(sa.String())
+    caller: Mapped[str] = mapped_column(sa.String())
+    # {"kinds": [[model, {labels}], ...], "kind_of": [index per request]}: a batch's requests
+    # share a few (model, labels) kinds; `kind_of` is empty when all share the first.
+    requests: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    metered_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 # Sum columns of a rollup row, in one place for the writer, the queries and the rebuild.

@@ -7,8 +7,9 @@ the rollups exact. Rows are upserted in key order, so two writers lock them in t
 
 Reading: a range [start, end) is cut into the raw partial hours at its edges, the hourly rows
 of the partial days next to them and the daily rows in between (coarsest first, as far as
-the requested bucket allows). Every part groups by the requested keys plus model and
-long_prompt; each (model, tier) sub-group is priced, then merged into the requested groups.
+the requested bucket allows). Every part groups by the requested keys plus model,
+long_prompt and batch; each (model, tier, batch) sub-group is priced (Batch API requests at
+the batch discount), then merged into the requested groups.
 The result is exact for any range while a long range reads a few thousand rollup rows.
 """
 
@@ -217,7 +218,7 @@ def _label_set(items: tuple[tuple[str, str], ...]) -> tuple[str, str, tuple[tupl
 # A raw row's values in this order; the indexes name the ones the rollups sum.
 _EVENT_COLUMNS = (
     "time", "project", "caller", "model", "method", "labels", "labels_hash", "status",
-    *TOKEN_COLUMNS, "latency_ms", "first_chunk_ms", "incomplete", "long_prompt",
+    *TOKEN_COLUMNS, "latency_ms", "first_chunk_ms", "incomplete", "long_prompt", "batch",
 )  # fmt: skip
 _TIME, _LABELS = 0, _EVENT_COLUMNS.index("labels")
 _TOKENS = [_EVENT_COLUMNS.index(c) for c in TOKEN_COLUMNS]
@@ -259,11 +260,11 @@ def _summarise(events: Sequence[UsageEvent], driver: _Driver) -> _Batch:
             int(event.thoughts_tokens), int(event.tool_use_tokens), int(event.total_tokens),
             # SQLite stores NaN as NULL: one odd timing must not fail the whole batch.
             _finite(event.latency_ms) or 0.0, _finite(event.first_chunk_ms),
-            bool(event.incomplete), long_prompt,
+            bool(event.incomplete), long_prompt, bool(event.batch),
         )  # fmt: skip
         rows.append(row)
         key = (hour(time), event.project, event.model, event.method, event.caller,
-               event.status, long_prompt, digest)  # fmt: skip
+               event.status, long_prompt, bool(event.batch), digest)  # fmt: skip
         group = groups.get(key)
         if group is None:
             groups[key] = [pairs, row]
@@ -537,7 +538,7 @@ _DAILY = _Source(_daily, _daily.c.period_start, DAY)
 _HOURLY_BY_LABEL = _Source(_hourly_by_label, _hourly_by_label.c.period_start, HOUR)
 _DAILY_BY_LABEL = _Source(_daily_by_label, _daily_by_label.c.period_start, DAY)
 # Fields the by-label rollups keep; a query using any other reads the full rollups.
-_BY_LABEL_FIELDS = frozenset({"project", "model", "long_prompt"})
+_BY_LABEL_FIELDS = frozenset({"project", "model", "long_prompt", "batch"})
 
 
 def _filter_fields(expr: Expr | None) -> set[str]:
@@ -622,6 +623,7 @@ def _resolver(table: sa.Table) -> Resolver:
     if "status" in table.c:
         fields["status"] = FilterField(table.c.status, "enum", STATUS_NAMES)
     fields["long_prompt"] = FilterField(table.c.long_prompt, "bool")
+    fields["batch"] = FilterField(table.c.batch, "bool")
     return field_resolver(fields, {"labels": label})
 
 
@@ -708,14 +710,14 @@ async def query_usage(
     bucket_period = {"hour": HOUR, "day": DAY, None: None}[bucket]
     parts = _split(start, end, _levels(keys, expr, bucket))
 
-    # (bucket, group values, model, long_prompt) -> measures
+    # (bucket, group values, model, long_prompt, batch) -> measures
     fine: dict[tuple[Any, ...], list[float]] = {}
     async with store.connect() as conn:
         for source, lo, hi in parts:
             await _read_part(conn, source, lo, hi, project, expr, keys, bucket_period, fine)
 
     coarse: dict[tuple[Any, ...], list[float]] = {}
-    for (bucket_start, values, model, long_prompt), sums in fine.items():
+    for (bucket_start, values, model, long_prompt, batch), sums in fine.items():
         tokens = TokenSums(
             prompt=int(sums[3]),
             candidates=int(sums[4]),
@@ -723,7 +725,7 @@ async def query_usage(
             thoughts=int(sums[6]),
             tool_use=int(sums[7]),
         )
-        cost = prices.cost(model, bool(long_prompt), tokens)
+        cost = prices.cost(model, bool(long_prompt), tokens, batch=bool(batch))
         acc = coarse.setdefault((bucket_start, values), [0] * _N + [0.0])
         for i in range(_N):
             acc[i] += sums[i]
@@ -801,6 +803,7 @@ async def _read_part(
     dims.extend(_group_expr(table, key).label(f"g{i}") for i, key in enumerate(keys))
     dims.append(table.c.model.label("m"))
     dims.append(table.c.long_prompt.label("lp"))
+    dims.append(table.c.batch.label("b"))
 
     stmt = sa.select(*dims, *source.measures()).where(*conditions).group_by(*dims)
     result = await conn.execute(stmt)
@@ -814,11 +817,16 @@ async def _read_part(
         else:
             bucket_start = constant_bucket
         values = tuple(str(v) for v in row[i : i + n_keys])
-        model, long_prompt = row[i + n_keys], bool(row[i + n_keys + 1])
-        measures = row[i + n_keys + 2 :]
-        acc = into.get((bucket_start, values, model, long_prompt))
+        model, long_prompt, batch = (
+            row[i + n_keys],
+            bool(row[i + n_keys + 1]),
+            bool(row[i + n_keys + 2]),
+        )
+        measures = row[i + n_keys + 3 :]
+        sub_group = (bucket_start, values, model, long_prompt, batch)
+        acc = into.get(sub_group)
         if acc is None:
-            acc = into[(bucket_start, values, model, long_prompt)] = [0] * (_N - 1) + [0.0]
+            acc = into[sub_group] = [0] * (_N - 1) + [0.0]
         for j in range(_N - 1):
             acc[j] += int(measures[j] or 0)
         acc[_N - 1] += float(measures[_N - 1] or 0.0)

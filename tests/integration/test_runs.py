@@ -307,6 +307,24 @@ async def test_batch_rerun(gateway: Gateway, stubs: Stubs) -> None:
     )
     assert batch.done and not batch.HasField("error")
 
+    # The batch's requests are metered as alice's, at the Batch API's price, by run.
+    run_id = started.name.rsplit("/", 1)[1]
+    usage = await stubs.usage.QueryUsage(
+        usage_pb2.QueryUsageRequest(
+            filter=f'labels.{RUN_LABEL} = "{run_id}"', group_by=["method", "caller", "model"]
+        ),
+        metadata=bearer(ALPHA),
+    )
+    (row,) = usage.rows
+    assert dict(row.group_values) == {
+        "method": "BatchGenerateContent",
+        "caller": "alice",
+        "model": PRO,
+    }
+    answered = [r for r in run.results if not r.rerun.HasField("error")]
+    assert row.request_count == len(run.results)
+    assert row.tokens.total == sum(r.rerun.tokens.total for r in answered) > 0
+
 
 async def test_a_cancelled_batch_fails_the_run(
     gateway: Gateway, stubs: Stubs, emulator: EmulatorHandle

@@ -59,6 +59,7 @@ def varied_events(count: int = 230, seed: int = 7) -> list[UsageEvent]:
         if i % 11 == 0:
             when = when.astimezone(UTC).replace(tzinfo=None)  # naive: read as UTC
         streaming = i % 4 == 0
+        batch = not streaming and i % 7 == 0  # a Batch API request
         latency = [rng.randrange(8_000) / 8, math.nan, math.inf][0 if i % 13 else 1 + i % 2]
         first_chunk = rng.randrange(800) / 8 if streaming else None
         if streaming and i % 17 == 0:
@@ -69,7 +70,13 @@ def varied_events(count: int = 230, seed: int = 7) -> list[UsageEvent]:
                 project=rng.choice(["p1", "p2"]),
                 caller=rng.choice(["alice", "bob"]),
                 model=rng.choice(["models/gemini-2.5-flash", "gemini-2.5-pro"]),
-                method="StreamGenerateContent" if streaming else "GenerateContent",
+                method=(
+                    "StreamGenerateContent"
+                    if streaming
+                    else "BatchGenerateContent"
+                    if batch
+                    else "GenerateContent"
+                ),
                 labels=rng.choice(label_sets),
                 status=rng.choice(["OK", "OK", "OK", "RESOURCE_EXHAUSTED", "CANCELLED"]),
                 prompt_tokens=rng.choice([0, 17, LONG_PROMPT_TOKENS, LONG_PROMPT_TOKENS + 1]),
@@ -81,6 +88,7 @@ def varied_events(count: int = 230, seed: int = 7) -> list[UsageEvent]:
                 latency_ms=latency,
                 first_chunk_ms=first_chunk,
                 incomplete=streaming and i % 3 == 0,
+                batch=batch,
             )
         )
     return events
@@ -109,6 +117,7 @@ def expected_rows(events: Sequence[UsageEvent]) -> dict[Any, list[dict[str, Any]
             "latency_ms": _finite(e.latency_ms) or 0.0,
             "first_chunk_ms": _finite(e.first_chunk_ms),
             "incomplete": e.incomplete, "long_prompt": e.prompt_tokens > LONG_PROMPT_TOKENS,
+            "batch": e.batch,
         })  # fmt: skip
     tables: dict[Any, list[dict[str, Any]]] = {UsageEventRow: raw}
     for model, period in ROLLUPS.items():

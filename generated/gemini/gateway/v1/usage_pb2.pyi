@@ -64,8 +64,9 @@ class QueryUsageRequest(_message.Message):
     parent: _builtins.str
     """`projects/{project}`; empty means the caller's own project."""
     filter: _builtins.str
-    """AIP-160 filter over `model`, `method`, `project`, `caller`, `status`, `labels.KEY` and
-    `long_prompt`, e.g. `model = "models/gemini-2.5-pro" AND labels.team = "search"`.
+    """AIP-160 filter over `model`, `method`, `project`, `caller`, `status`, `labels.KEY`,
+    `long_prompt` and `batch` (a Batch API request), e.g.
+    `model = "models/gemini-2.5-pro" AND labels.team = "search"`.
     """
     time_bucket: Global___TimeBucket.ValueType
     """Time series buckets; unspecified gives one row per group."""
