@@ -94,14 +94,20 @@ async def gateway(batch_emulator: EmulatorHandle, store_url: str) -> AsyncIterat
 @pytest.fixture(scope="module")
 async def stubs(gateway: Gateway) -> AsyncIterator[dict[str, Any]]:
     async with grpc.aio.insecure_channel(gateway.target) as channel:
-        yield {
-            "generative": generative_service_pb2_grpc.GenerativeServiceStub(channel),
-            "operations": operations_pb2_grpc.OperationsStub(channel),
-            "usage": usage_pb2_grpc.UsageServiceStub(channel),
-        }
+        yield stubs_on(channel)
 
 
-def batch_request(*items: tuple[str, dict[str, str]], model: str = FLASH):
+def stubs_on(channel: grpc.aio.Channel) -> dict[str, Any]:
+    return {
+        "generative": generative_service_pb2_grpc.GenerativeServiceStub(channel),
+        "operations": operations_pb2_grpc.OperationsStub(channel),
+        "usage": usage_pb2_grpc.UsageServiceStub(channel),
+    }
+
+
+def batch_request(
+    *items: tuple[str, dict[str, str]], model: str = FLASH
+) -> gs.BatchGenerateContentRequest:
     """A batch of (prompt, labels) requests; the first request names FLASH itself."""
     requests = []
     for index, (prompt, labels) in enumerate(items):
@@ -301,10 +307,7 @@ async def test_with_recording_off_batches_are_neither_kept_nor_metered(
     gw = await start_gateway(settings(batch_emulator, await fresh_url(), record_usage=False))
     try:
         async with grpc.aio.insecure_channel(gw.target) as channel:
-            stubs = {
-                "generative": generative_service_pb2_grpc.GenerativeServiceStub(channel),
-                "operations": operations_pb2_grpc.OperationsStub(channel),
-            }
+            stubs = stubs_on(channel)
             await run_batch(stubs, batch_request(("off", {"run": "b6"})), SEARCH_TOKEN)
         async with gw.store.connect() as conn:
             for table in (BatchMeter, UsageEventRow):
@@ -345,11 +348,7 @@ async def test_stripped_labels_stay_out_of_the_batch_sent_but_in_its_usage(
     gw = await start_gateway(settings(batch_emulator, await fresh_url(), strip_labels=True))
     try:
         async with grpc.aio.insecure_channel(gw.target) as channel:
-            stubs = {
-                "generative": generative_service_pb2_grpc.GenerativeServiceStub(channel),
-                "operations": operations_pb2_grpc.OperationsStub(channel),
-                "usage": usage_pb2_grpc.UsageServiceStub(channel),
-            }
+            stubs = stubs_on(channel)
             operation = await stubs["generative"].BatchGenerateContent(
                 batch_request(("quiet", {"run": "b8"})), metadata=bearer(SEARCH_TOKEN)
             )
