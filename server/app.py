@@ -41,6 +41,7 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     model_service_pb2,
 )
 from gemini_gateway.server import reflection, startup
+from gemini_gateway.server.batch_sweeper import BatchSweeper
 from gemini_gateway.server.batch_usage import BatchUsage
 from gemini_gateway.server.config import Settings
 from gemini_gateway.server.console import CONSOLE_DIR, info_route, with_console_default
@@ -133,6 +134,7 @@ class Gateway:
     console: HttpFaceHandle | None = field(default=None)
     tracing: Tracing | None = field(default=None)
     console_socket_dir: str | None = field(default=None)  # see _console_socket
+    batch_sweeper: BatchSweeper | None = field(default=None)
 
     @property
     def target(self) -> str:
@@ -147,6 +149,8 @@ class Gateway:
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         if self.console_socket_dir is not None:
             shutil.rmtree(self.console_socket_dir, ignore_errors=True)
+        if self.batch_sweeper is not None:
+            await self.batch_sweeper.stop()
         await self.runs.stop()
         await self.recorder.stop()  # flushes what the drained calls recorded
         await self.policies.stop()
@@ -326,6 +330,12 @@ async def _start(
         tenancy=Tenancy.from_settings(store, callers, settings),
         batch_usage=BatchUsage(store, usage_metrics) if settings.record_usage else None,
     )
+    sweeper = None
+    # In pass-through mode the gateway has no key of its own to read a batch with.
+    if settings.record_usage and not callers.requires_caller_key:
+        sweeper = BatchSweeper(store, forwarder, settings.batch_meter_interval_s)
+        sweeper.start()
+        opened.push_async_callback(sweeper.stop)
     runs = RunServicer(store, callers, forwarder, prices, lease_s=settings.run_lease_s)
     await runs.start()
     opened.push_async_callback(runs.stop)
@@ -411,6 +421,7 @@ async def _start(
         console,
         tracing,
         console_socket_dir,
+        sweeper,
     )
 
 

@@ -13,9 +13,11 @@ the tokens are known only from the answers, hours later. So:
   so it is priced at the Batch API's discount), in the transaction that marks the batch
   metered: each batch is metered once, whichever replica sees it done first.
 
-Not metered: batches whose answers are in a file (`responsesFile`; file input), batches
-submitted before this gateway version or with usage recording off, and batches nobody reads
-through the gateway. Each is counted in `gateway_batches_seen_total{outcome}`.
+A batch nobody reads is read by the sweeper (batch_sweeper.py) once it has ended. Not
+metered: batches whose answers are in a file (`responsesFile`; file input), batches
+submitted before this gateway version or with usage recording off, and batches deleted
+upstream before anyone read them done. Each is counted in
+`gateway_batches_seen_total{outcome}`.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ SEEN = Counter(
     "gateway_batches_seen",
     "Batches seen done by outcome: metered (its usage written here), already_metered, "
     "file_output (answers in a file, not metered), unknown (not submitted through this "
-    "gateway version or with recording off), or error (the store failed; tried again at the "
-    "next read).",
+    "gateway version or with recording off), gone (deleted upstream before it was metered), "
+    "or error (the store failed; tried again at the next read).",
     ["outcome"],
 )
 

@@ -322,6 +322,12 @@ class Settings(BaseSettings):
     log_purge_interval_s: float = Field(
         3600.0, gt=0, description="How often expired logs are looked for and deleted."
     )
+    batch_meter_interval_s: float = Field(
+        300.0,
+        ge=0.0,
+        description="How often the Batch API batches not metered yet are read upstream, so "
+        "one that has ended is metered even if nobody reads it; 0: only when read.",
+    )
     run_lease_s: float = Field(
         60.0,
         ge=1.0,

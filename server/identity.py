@@ -179,6 +179,11 @@ class CallerDirectory:
         )
 
     @property
+    def requires_caller_key(self) -> bool:
+        """Pass-through mode without a fallback: the gateway holds no key to call with itself."""
+        return self._requires_caller_key
+
+    @property
     def development_mode(self) -> bool:
         """True when no callers are configured: every call is anonymous in `default`."""
         return not self._by_hash and not self._by_subject

@@ -32,7 +32,7 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2_grpc,
 )
 from gemini_gateway.server.app import Gateway, start_gateway
-from gemini_gateway.server.batch_usage import batch_output
+from gemini_gateway.server.batch_usage import SEEN, batch_output
 from gemini_gateway.server.config import CallerConfig, ProjectConfig, Settings
 from gemini_gateway.server.identity import token_sha256
 from gemini_gateway.server.pricing import PriceTable, TokenSums
@@ -364,5 +364,85 @@ async def test_stripped_labels_stay_out_of_the_batch_sent_but_in_its_usage(
         assert [(dict(r.group_values), r.request_count) for r in result.rows] == [
             ({"labels.team": "search"}, 1)
         ]
+    finally:
+        await gw.stop(0)
+
+
+async def test_a_batch_nobody_reads_is_metered_by_the_sweeper(
+    batch_emulator: EmulatorHandle, fresh_url: FreshUrl
+) -> None:
+    gw = await start_gateway(
+        settings(batch_emulator, await fresh_url(), batch_meter_interval_s=0.2)
+    )
+    try:
+        async with grpc.aio.insecure_channel(gw.target) as channel:
+            stubs = stubs_on(channel)
+            await stubs["generative"].BatchGenerateContent(
+                batch_request(("unread", {"run": "b9"}), ("also unread", {"run": "b9"})),
+                metadata=bearer(ADS_TOKEN),
+            )
+            # Nobody reads the batch: the sweeper does, once it has ended (0.3 s).
+            for _ in range(100):
+                result = await usage_of(stubs, ADS_TOKEN, "b9", ["caller"])
+                if result.rows:
+                    break
+                await asyncio.sleep(0.1)
+        assert [(dict(r.group_values), r.request_count) for r in result.rows] == [
+            ({"caller": "bidder"}, 2)  # the submitting caller's, not the sweeper's
+        ]
+    finally:
+        await gw.stop(0)
+
+
+async def test_a_batch_deleted_before_it_was_read_is_left_unmetered(
+    batch_emulator: EmulatorHandle, fresh_url: FreshUrl
+) -> None:
+    gw = await start_gateway(settings(batch_emulator, await fresh_url(), batch_meter_interval_s=0))
+    try:
+        async with grpc.aio.insecure_channel(gw.target) as channel:
+            stubs = stubs_on(channel)
+            kept = await stubs["generative"].BatchGenerateContent(
+                batch_request(("kept", {"run": "b10"})), metadata=bearer(ADS_TOKEN)
+            )
+            deleted = await stubs["generative"].BatchGenerateContent(
+                batch_request(("deleted", {"run": "b10"})), metadata=bearer(ADS_TOKEN)
+            )
+            await stubs["operations"].DeleteOperation(
+                operations_pb2.DeleteOperationRequest(name=deleted.name),
+                metadata=bearer(ADS_TOKEN),
+            )
+            sweeper = gw.batch_sweeper
+            assert sweeper is not None
+            gone_before = SEEN.labels("gone")._value.get()
+            assert await sweeper.sweep() == 2  # both read; the deleted one is marked gone
+            assert SEEN.labels("gone")._value.get() == gone_before + 1
+            for _ in range(100):  # the other is read each round until it has ended
+                if await sweeper.sweep() == 0:
+                    break
+                await asyncio.sleep(0.1)
+            result = await usage_of(stubs, ADS_TOKEN, "b10", [])
+        assert result.totals.request_count == 1
+        async with gw.store.connect() as conn:
+            marked = await conn.execute(sa.select(BatchMeter.name, BatchMeter.metered_time))
+            assert {name: when is not None for name, when in marked} == {
+                kept.name: True,
+                deleted.name: True,
+            }
+    finally:
+        await gw.stop(0)
+
+
+async def test_in_pass_through_mode_no_sweeper_reads_batches(
+    batch_emulator: EmulatorHandle, fresh_url: FreshUrl
+) -> None:
+    """Without a key of its own, the gateway would fail every read: it does not try."""
+    gw = await start_gateway(settings(batch_emulator, await fresh_url(), pass_through_api_key=True))
+    try:
+        assert gw.batch_sweeper is None
+    finally:
+        await gw.stop(0)
+    gw = await start_gateway(settings(batch_emulator, await fresh_url()))
+    try:
+        assert gw.batch_sweeper is not None
     finally:
         await gw.stop(0)

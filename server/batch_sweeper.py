@@ -1,0 +1,118 @@
+"""Metering the batches nobody reads: a periodic look at every batch not metered yet.
+
+A batch is metered when an answer passing through the gateway shows it done
+(batch_usage.BatchUsage), but the upstream bills a batch that has ended whether or not
+anyone reads it. So every `batch_meter_interval_s` the sweeper reads each batch kept in
+`batch_meters` and not metered yet (up to SWEEP_SIZE a round, in name order, going on
+where the last round stopped) with GetOperation, through the forwarder as the batch's
+project: one that has ended is metered by that very call, exactly as if its caller had read
+it. A batch the upstream no longer knows (deleted before it was read) cannot be metered; it
+is marked so and no longer read (`gateway_batches_seen_total{outcome="gone"}`).
+
+Every replica sweeps; a batch is still metered once (the claim in BatchUsage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import cast
+
+import grpc
+import sqlalchemy as sa
+from google.longrunning import operations_pb2
+
+from gemini_gateway.server import errors
+from gemini_gateway.server.batch_usage import GET_OPERATION, SEEN
+from gemini_gateway.server.forwarder import Forwarder
+from gemini_gateway.server.identity import Identity
+from gemini_gateway.server.reruns import CallContext
+from gemini_gateway.server.store.engine import Store
+from gemini_gateway.server.store.models import BatchMeter
+
+log = logging.getLogger(__name__)
+
+SWEEP_SIZE = 100
+"""Batches read per round at most."""
+SWEEPER_CALLER = "gateway:batch-meter"
+"""Caller name of the reads the sweeper makes (as the batch's project)."""
+READ_TIMEOUT_S = 30.0
+
+_meters = cast(sa.Table, BatchMeter.__table__)
+
+
+class BatchSweeper:
+    """Reads the unmetered batches every `interval_s` seconds (see the module docstring)."""
+
+    def __init__(self, store: Store, forwarder: Forwarder, interval_s: float) -> None:
+        self._store = store
+        self._forwarder = forwarder
+        self._interval = interval_s
+        self._after = ""  # the last name read: the next round goes on from there
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batch sweeper")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except Exception:  # a store outage: the next round tries again
+                log.exception("batch sweeper: the round failed")
+
+    async def sweep(self) -> int:
+        """One round; how many batches it read."""
+        pending = await self._unmetered(self._after)
+        if not pending and self._after:
+            self._after = ""  # past the last name: start again from the first
+            pending = await self._unmetered("")
+        route = self._forwarder.routes[GET_OPERATION]
+        for name, project in pending:
+            self._after = name
+            context = CallContext((), READ_TIMEOUT_S, Identity(project, SWEEPER_CALLER))
+            try:
+                await self._forwarder.call(
+                    route,
+                    operations_pb2.GetOperationRequest(name=name),
+                    cast(grpc.aio.ServicerContext, context),
+                    context.identity,
+                )
+            except errors.UpstreamError as exc:
+                if exc.code == grpc.StatusCode.NOT_FOUND:
+                    await self._gone(name)
+                else:
+                    log.info("batch sweeper: could not read %s: %s", name, exc.message)
+        return len(pending)
+
+    async def _unmetered(self, after: str) -> list[tuple[str, str]]:
+        async with self._store.connect() as conn:
+            rows = await conn.execute(
+                sa.select(_meters.c.name, _meters.c.project)
+                .where(_meters.c.metered_time.is_(None), _meters.c.name > after)
+                .order_by(_meters.c.name)
+                .limit(SWEEP_SIZE)
+            )
+            return [(row.name, row.project) for row in rows]
+
+    async def _gone(self, name: str) -> None:
+        async with self._store.begin() as conn:
+            marked = await conn.execute(
+                sa.update(_meters)
+                .where(_meters.c.name == name, _meters.c.metered_time.is_(None))
+                .values(metered_time=datetime.now(UTC))
+            )
+        if marked.rowcount:
+            SEEN.labels("gone").inc()
+            log.warning("batch %s is gone upstream before it was metered: not metered", name)
