@@ -115,21 +115,23 @@ def label_inlined_requests(
     for index, (item, labels) in enumerate(zip(inlined, merged, strict=True)):
         if len(labels) != len(item.request.labels):
             item.request.labels.update(labels.as_dict())
-        if index < len(sent):
+        target = sent[index] if index < len(sent) else None
+        if target is not None:
             if strip:
-                sent[index].pop("labels", None)
+                target.pop("labels", None)
             elif labels:
-                sent[index]["labels"] = labels.as_dict()
+                target["labels"] = labels.as_dict()
 
 
-def _inlined_bodies(body: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The inlined requests' JSON objects within a BatchGenerateContent body."""
+def _inlined_bodies(body: dict[str, Any] | None) -> list[dict[str, Any] | None]:
+    """The inlined requests' JSON objects within a BatchGenerateContent body, by position
+    (None where one is missing, e.g. an empty request)."""
     try:
         items = body["batch"]["inputConfig"]["requests"]["requests"]  # type: ignore[index]
     except (KeyError, TypeError):
         return []
-    requests = [item.get("request") for item in items if isinstance(item, dict)]
-    return [r for r in requests if isinstance(r, dict)]
+    requests = [item.get("request") if isinstance(item, dict) else None for item in items]
+    return [r if isinstance(r, dict) else None for r in requests]
 
 
 def request_kinds(request: generative_service_pb2.BatchGenerateContentRequest) -> dict[str, Any]:
