@@ -43,12 +43,12 @@ from gemini_gateway.server.recorder import UsageEvent
 from gemini_gateway.server.store.engine import Store
 from gemini_gateway.server.store.models import BatchMeter
 from gemini_gateway.server.store.usage import write_usage_batch
+from gemini_gateway.server.tenancy import LIST_OPERATIONS
 
 log = logging.getLogger(__name__)
 
 BATCH_GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/BatchGenerateContent"
 GET_OPERATION = "/google.longrunning.Operations/GetOperation"
-LIST_OPERATIONS = "/google.longrunning.Operations/ListOperations"
 # The calls whose answers BatchUsage looks at.
 BATCH_METHODS = frozenset({BATCH_GENERATE, GET_OPERATION, LIST_OPERATIONS})
 METHOD = "BatchGenerateContent"

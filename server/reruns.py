@@ -46,7 +46,7 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2,
 )
 from gemini_gateway.server import errors
-from gemini_gateway.server.batch_usage import batch_output
+from gemini_gateway.server.batch_usage import BATCH_GENERATE, GET_OPERATION, batch_output
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.identity import Identity, Metadata
 from gemini_gateway.server.labels import MAX_LABELS
@@ -70,8 +70,6 @@ from gemini_gateway.server.store.runs import (
 log = logging.getLogger(__name__)
 
 GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/GenerateContent"
-BATCH_GENERATE = "/google.ai.generativelanguage.v1beta.GenerativeService/BatchGenerateContent"
-GET_OPERATION = "/google.longrunning.Operations/GetOperation"
 CANCEL_OPERATION = "/google.longrunning.Operations/CancelOperation"
 
 DEFAULT_CONCURRENCY = 4
