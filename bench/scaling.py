@@ -48,6 +48,8 @@ from bench.processes import (
     Service,
     ServiceError,
     Services,
+    children,
+    descendants,
     find_tool,
     machine_busy_seconds,
     metric_samples,
@@ -313,11 +315,16 @@ async def _workers_block(
     ok_after, _, _ = _generate_calls(gateway)
     if run.error and data.first_error is None:
         data.first_error = run.error
-    # A worker restarted during the block is left out of the split rather than miscounted.
+    # Each worker with its own children (its store writer process). A worker restarted
+    # during the block is left out of the split rather than miscounted.
     workers = tuple(
-        cpu - gateway_before[pid]
-        for pid, cpu in gateway_during.items()
-        if pid != gateway.pid and pid in gateway_before
+        sum(
+            gateway_during[member] - gateway_before.get(member, 0.0)
+            for member in (worker, *descendants(worker))
+            if member in gateway_during
+        )
+        for worker in children(gateway.pid)
+        if worker in gateway_before and worker in gateway_during
     )
     return WorkersBlock(
         calls=count,
