@@ -212,6 +212,7 @@ class TargetData:
     rss_idle_mib: float | None = None
     rss_after_mib: float | None = None
     rss_peak_mib: float | None = None
+    children_rss_peak_mib: float | None = None  # its store writer process (VmHWM)
     undrained: int = 0  # blocks after which the recorder had not caught up in time
     # The store check, gateways only: generate calls made, and what the gateway kept of them.
     calls: int = 0

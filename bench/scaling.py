@@ -468,6 +468,8 @@ class ManyStreamsData:
     result: ManyStreamsResult
     rss_idle_mib: float  # after a warm-up of a few streams
     rss_peak_mib: float  # VmHWM after all the streams ended
+    # The gateway's children (its store writer process): VmHWM, summed; 0 when it has none.
+    children_rss_peak_mib: float = 0.0
 
 
 def many_streams_phase(
@@ -502,7 +504,8 @@ def many_streams_phase(
 
     result, idle = asyncio.run(measure())
     gateway.check_alive()
-    data = ManyStreamsData(count, result, idle, peak_rss_mib(gateway.pid))
+    writer = sum(peak_rss_mib(child) for child in children(gateway.pid))
+    data = ManyStreamsData(count, result, idle, peak_rss_mib(gateway.pid), writer)
     code = services.stop(gateway)
     if code != 0:
         raise ServiceError(f"{gateway.name} exited with code {code}:\n{gateway.log_tail()}")
