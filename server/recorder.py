@@ -379,7 +379,12 @@ class Recorder:
         groups = group_by_type(batch)
         process = self._process
         if process is not None and process.writes(groups):
-            outcomes = await process.write(groups)
+            try:
+                outcomes = await process.write(groups)
+            except Exception as exc:  # an event that cannot be sent: the batch, not the task
+                log.exception("recorder: the batch could not be handed to the writer process")
+                error = describe_error(exc)
+                outcomes = [WriteOutcome(t.__name__, len(e), error) for t, e in groups.items()]
         else:
             outcomes = await write_groups(self._store, self._writers, groups, self._write_timeout)
         ok = True

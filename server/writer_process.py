@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
 STOP_TIMEOUT_S = 10.0
+# Beyond the transactions' own timeouts, how long a batch's answer may take.
+ANSWER_GRACE_S = 30.0
+# How long a new child may take to import its modules and open the store (more than a
+# second of CPU: longer on a loaded machine).
+STARTUP_TIMEOUT_S = 60.0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # --- the wire form of events: tuples of plain values, cheap to pickle -------------------------
@@ -143,6 +148,7 @@ class WriterProcess:
         published: Callable[[Mapping[str, Sequence[str]]], None],
         notify_replica: str,
         write_timeout_s: float = 30.0,
+        answer_grace_s: float = ANSWER_GRACE_S,
         log_level: str = "WARNING",
         log_format: str = "text",
     ) -> None:
@@ -153,9 +159,12 @@ class WriterProcess:
             "log_level": log_level,
             "log_format": log_format,
         }
+        self._write_timeout_s = write_timeout_s
+        self._answer_grace_s = answer_grace_s
         self._policy_for = policy_for
         self._published = published
         self._process: asyncio.subprocess.Process | None = None
+        self._ready = False
         self._lock = asyncio.Lock()
         self.starts = 0  # children started so far (1 + restarts)
 
@@ -195,6 +204,7 @@ class WriterProcess:
             env=env,
         )
         self._process = process
+        self._ready = False
         self.starts += 1
         assert process.stdin is not None
         _send(process.stdin, self._config)
@@ -208,7 +218,8 @@ class WriterProcess:
     async def write(self, groups: Mapping[type, list[Any]]) -> list[WriteOutcome]:
         """Write `groups` (event type -> events) in the child; one outcome per group.
 
-        A child that exits before it answers fails every group, with the reason.
+        Never raises but for cancellation: a child that exits before it answers, or does not
+        answer in time (then it is killed), fails every group, with the reason.
         """
         wire: dict[str, list[tuple[Any, ...]]] = {}
         for event_type, events in groups.items():
@@ -216,20 +227,34 @@ class WriterProcess:
             wire[name] = [to_wire(event) for event in events]
         projects = {event.project for event in groups.get(LogEvent, ())}
         policies = {project: self._policy_for(project) for project in projects}
+        # The child bounds each group's transaction by write_timeout_s; this only guards
+        # against a child that stopped answering at all.
+        deadline_s = self._write_timeout_s * len(groups) + self._answer_grace_s
         async with self._lock:
             process = await self._ensure_started()
-            assert process.stdin is not None and process.stdout is not None
+            answered = False
             try:
-                _send(process.stdin, (wire, policies))
-                await process.stdin.drain()
-                (size,) = _HEADER.unpack(await process.stdout.readexactly(_HEADER.size))
-                outcomes, written = pickle.loads(await process.stdout.readexactly(size))
+                if not self._ready:  # a new child says so once its store is open
+                    async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                        await _receive(process)
+                    self._ready = True
+                async with asyncio.timeout(deadline_s):
+                    reply = await _exchange(process, (wire, policies))
+                answered = True
             except (ConnectionError, asyncio.IncompleteReadError):
                 code = await _exit_code(process)
-                error = f"the store writer process exited (code {code}) before it answered"
-                return [
-                    WriteOutcome(t.__name__, len(events), error) for t, events in groups.items()
-                ]
+                return _failed(groups, f"exited (code {code}) before it answered")
+            except TimeoutError:
+                waited = deadline_s if self._ready else STARTUP_TIMEOUT_S
+                verb = "answer" if self._ready else "start"
+                return _failed(groups, f"did not {verb} within {waited:.0f} s")
+            finally:
+                if not answered:
+                    # A request whose answer was not read would be taken for the next one's:
+                    # this child is done with, and the next batch starts another.
+                    _kill(process)
+                    self._process = None
+        outcomes, written = reply
         if written:
             self._published(written)
         return [WriteOutcome(*outcome) for outcome in outcomes]
@@ -249,6 +274,34 @@ class WriterProcess:
                 log.warning("store writer process did not stop within %.0f s: killed", timeout_s)
                 process.kill()
                 await process.wait()
+
+
+def _failed(groups: Mapping[type, list[Any]], why: str) -> list[WriteOutcome]:
+    error = f"the store writer process {why}"
+    return [
+        WriteOutcome(event_type.__name__, len(events), error)
+        for event_type, events in groups.items()
+    ]
+
+
+async def _exchange(process: asyncio.subprocess.Process, request: object) -> Any:
+    """Send one request frame and read its answer."""
+    assert process.stdin is not None
+    _send(process.stdin, request)
+    await process.stdin.drain()
+    return await _receive(process)
+
+
+async def _receive(process: asyncio.subprocess.Process) -> Any:
+    assert process.stdout is not None
+    (size,) = _HEADER.unpack(await process.stdout.readexactly(_HEADER.size))
+    return pickle.loads(await process.stdout.readexactly(size))
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
 
 async def _exit_code(process: asyncio.subprocess.Process) -> int | None:
@@ -298,6 +351,8 @@ async def _serve(config: Mapping[str, Any], requests: Any, replies: Any) -> None
 
     # The gateway opened (and migrated) the store; one writer needs few connections.
     store = await open_store(config["store_url"], migrate=False, pool_size=2, max_overflow=2)
+    _send(replies, "ready")
+    replies.flush()
     policies: dict[str, LoggingPolicy] = {}
     unconvertible = [0]
 
@@ -324,15 +379,24 @@ async def _serve(config: Mapping[str, Any], requests: Any, replies: Any) -> None
                 LogSkip: log_writer.write_skips,
             }
             groups: dict[type, list[Any]] = {}
+            lost: dict[str, int] = {}  # per type: events that did not survive the trip
             for name, events in wire.items():
                 event_type, from_wire = _FROM_WIRE[name]
-                groups[event_type] = [from_wire(event) for event in events]
+                groups[event_type] = []
+                for event in events:
+                    try:
+                        groups[event_type].append(from_wire(event))
+                    except Exception:
+                        lost[name] = lost.get(name, 0) + 1
+                        log.exception("store writer process: a %s could not be read", name)
             outcomes = []
             for outcome in await write_groups(store, writers, groups, config["write_timeout_s"]):
+                extra = lost.get(outcome.event, 0)
                 if outcome.event == "LogEvent":
-                    outcome = outcome._replace(unconvertible=unconvertible[0])
+                    extra += unconvertible[0]
                     unconvertible[0] = 0
-                outcomes.append(tuple(outcome))
+                size = outcome.size + lost.get(outcome.event, 0)
+                outcomes.append(tuple(outcome._replace(size=size, unconvertible=extra)))
             _send(replies, (outcomes, notifier.written))
             replies.flush()
     finally:

@@ -159,6 +159,7 @@ async def test_a_child_killed_mid_batch_fails_that_batch_and_is_replaced(
     await process.start()
     pid = process.pid
     assert pid is not None
+    await process.write({})  # ready
     os.kill(pid, signal.SIGSTOP)  # it cannot answer: the batch is surely in its hands
     writing = asyncio.create_task(process.write({UsageEvent: varied_events(5)}))
     await asyncio.sleep(0.3)
@@ -173,6 +174,46 @@ async def test_a_child_killed_mid_batch_fails_that_batch_and_is_replaced(
     assert outcome.error == ""
     assert process.starts == 2 and process.pid not in (None, pid)
     assert len((await stored(store))["usage_events"]) == 7
+
+
+async def test_a_child_that_stops_answering_is_killed_and_replaced(
+    store: Store, gateway: Gateway
+) -> None:
+    child = WriterProcess(
+        url_of(store),
+        policy_for=gateway.policy_for,
+        published=gateway.published.append,
+        notify_replica="replica-under-test",
+        write_timeout_s=0.5,
+        answer_grace_s=0.5,
+    )
+    try:
+        await child.write({UsageEvent: varied_events(1)})  # started, and ready
+        hung = child.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        [outcome] = await child.write({UsageEvent: varied_events(4)})
+        assert outcome.error == "the store writer process did not answer within 1 s"
+        assert _gone_soon(hung)
+
+        # A write cancelled while the child holds it (the recorder's stop timing out): the
+        # child cannot be trusted to answer the next request, so it goes too.
+        await child.write({UsageEvent: varied_events(1)})
+        second = child.pid
+        assert second is not None and second != hung
+        os.kill(second, signal.SIGSTOP)
+        writing = asyncio.create_task(child.write({UsageEvent: varied_events(4)}))
+        await asyncio.sleep(0.2)
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert _gone_soon(second)
+
+        [outcome] = await child.write({UsageEvent: varied_events(6)})
+        assert outcome.error == "" and child.starts == 3
+        assert len((await stored(store))["usage_events"]) == 1 + 1 + 6
+    finally:
+        await child.close()
 
 
 async def test_a_store_error_comes_back_and_the_child_stays(gateway: Gateway) -> None:
@@ -219,6 +260,15 @@ def _gone(pid: int) -> bool:
             return stat.read().rsplit(") ", 1)[1].startswith("Z")
     except FileNotFoundError:
         return True
+
+
+def _gone_soon(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 async def test_a_child_whose_gateway_died_exits(store: Store) -> None:
