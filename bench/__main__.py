@@ -34,7 +34,6 @@ from bench.processes import (
     ServiceError,
     Services,
     baseline_checkout,
-    children,
     log_rows,
     metric_samples,
     metric_sum,
@@ -361,9 +360,6 @@ def run(args: argparse.Namespace, console: Console, log: Console) -> int:
             target.rss_idle_mib = idle[spec]
             target.rss_after_mib = rss_mib(gateway.pid)
             target.rss_peak_mib = peak_rss_mib(gateway.pid)
-            target.children_rss_peak_mib = sum(
-                peak_rss_mib(child) for child in children(gateway.pid)
-            )
         progress("stopping the gateways and counting the rows in their stores")
         _check_stores(services, gateways, data)
         if not only_comparison and args.many_streams:

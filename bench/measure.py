@@ -23,7 +23,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.processes import MODEL, tree_cpu_seconds
+from bench.processes import MODEL, cpu_seconds
 from gemini_gateway.client.gateway_client import GatewayClient, response_text, text_request
 
 UNARY_PROMPT = "Say hello to the benchmark."
@@ -212,7 +212,6 @@ class TargetData:
     rss_idle_mib: float | None = None
     rss_after_mib: float | None = None
     rss_peak_mib: float | None = None
-    children_rss_peak_mib: float | None = None  # its store writer process (VmHWM)
     undrained: int = 0  # blocks after which the recorder had not caught up in time
     # The store check, gateways only: generate calls made, and what the gateway kept of them.
     calls: int = 0
@@ -372,7 +371,7 @@ async def run_phases(
     progress(f"throughput, c={plan.concurrency}: {plan.throughput_requests} calls per target")
     for round_ in range(plan.rounds):
         for target in order(targets, round_):
-            cpu_before = tree_cpu_seconds(target.pid) if target.pid else 0.0
+            cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
             block = await concurrent_block(
                 target.unary,
                 plan.per_round(plan.throughput_requests),
@@ -381,11 +380,10 @@ async def run_phases(
             )
             data[target.name].throughput.append((block.steady_calls, block.steady_s))
             data[target.name].block_calls.append(block.calls)
-            # CPU until the recorder has written the block's events: all of the block's cost,
-            # its store writer process included.
+            # CPU until the recorder has written the block's events: all of the block's cost.
             await settle(target, data[target.name])
             if target.pid:
-                data[target.name].cpu_s.append(tree_cpu_seconds(target.pid) - cpu_before)
+                data[target.name].cpu_s.append(cpu_seconds(target.pid) - cpu_before)
 
     streaming = [target for target in targets if target.streams]
     if not streaming:

@@ -420,26 +420,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def children(pid: int) -> list[int]:
-    """The process's own children (a gateway's workers, its store writer process)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue  # the thread or process has just ended
-    return found
-
-
 def descendants(pid: int) -> list[int]:
-    """The process's children, their children, and so on (a gateway's workers and their
-    store writer processes)."""
+    """The process's children, their children, and so on (a gateway's workers)."""
     found = []
     pending = [pid]
     while pending:
-        below = children(pending.pop())
-        found += below
-        pending += below
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue  # the thread or process has just ended
+            found += children
+            pending += children
     return found
 
 

@@ -321,12 +321,6 @@ def _main_table(data: dict[str, TargetData], gateways: list[str], plan: Plan) ->
         _gateway_row("gateway RSS idle (MiB)", lambda d: d.rss_idle_mib, data, gateways),
         _gateway_row("gateway RSS after load (MiB)", lambda d: d.rss_after_mib, data, gateways),
         _gateway_row("gateway RSS peak (MiB)", lambda d: d.rss_peak_mib, data, gateways),
-        _gateway_row(
-            "store writer process RSS peak (MiB)",
-            lambda d: d.children_rss_peak_mib,
-            data,
-            gateways,
-        ),
     ]
     header = [
         "measure",
@@ -982,9 +976,6 @@ def _many_streams_table(columns: dict[str, ManyStreamsData]) -> TableData:
         ),
         row("gateway RSS before (MiB)", lambda m: _num(m.rss_idle_mib, 1)),
         row("gateway RSS peak (MiB)", lambda m: _num(m.rss_peak_mib, 1)),
-        row(
-            "its store writer process's RSS peak (MiB)", lambda m: _num(m.children_rss_peak_mib, 1)
-        ),
     ]
     title = (
         f"{runs[0].count} streams opened at once, one worker ({MANY_CHUNKS} chunks "
@@ -1001,9 +992,6 @@ def _many_streams_target(
     judged = many.count >= TARGET_MANY_STREAMS
     met = errors == 0 and many.rss_peak_mib < TARGET_PEAK_RSS_MIB
     text = f"{errors} errors, peak RSS {many.rss_peak_mib:.0f} MiB"
-    if many.children_rss_peak_mib:
-        # A separate process of fixed size, whatever the streams: shown, not judged.
-        text += f" (its store writer process: {many.children_rss_peak_mib:.0f} MiB more)"
     if old is not None:
         text += f"; before {old.result.error_count} errors, peak RSS {old.rss_peak_mib:.0f} MiB"
         figures += [

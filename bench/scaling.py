@@ -48,8 +48,6 @@ from bench.processes import (
     Service,
     ServiceError,
     Services,
-    children,
-    descendants,
     find_tool,
     machine_busy_seconds,
     metric_samples,
@@ -315,16 +313,11 @@ async def _workers_block(
     ok_after, _, _ = _generate_calls(gateway)
     if run.error and data.first_error is None:
         data.first_error = run.error
-    # Each worker with its own children (its store writer process). A worker restarted
-    # during the block is left out of the split rather than miscounted.
+    # A worker restarted during the block is left out of the split rather than miscounted.
     workers = tuple(
-        sum(
-            gateway_during[member] - gateway_before.get(member, 0.0)
-            for member in (worker, *descendants(worker))
-            if member in gateway_during
-        )
-        for worker in children(gateway.pid)
-        if worker in gateway_before and worker in gateway_during
+        cpu - gateway_before[pid]
+        for pid, cpu in gateway_during.items()
+        if pid != gateway.pid and pid in gateway_before
     )
     return WorkersBlock(
         calls=count,
@@ -468,8 +461,6 @@ class ManyStreamsData:
     result: ManyStreamsResult
     rss_idle_mib: float  # after a warm-up of a few streams
     rss_peak_mib: float  # VmHWM after all the streams ended
-    # The gateway's children (its store writer process): VmHWM, summed; 0 when it has none.
-    children_rss_peak_mib: float = 0.0
 
 
 def many_streams_phase(
@@ -504,8 +495,7 @@ def many_streams_phase(
 
     result, idle = asyncio.run(measure())
     gateway.check_alive()
-    writer = sum(peak_rss_mib(child) for child in children(gateway.pid))
-    data = ManyStreamsData(count, result, idle, peak_rss_mib(gateway.pid), writer)
+    data = ManyStreamsData(count, result, idle, peak_rss_mib(gateway.pid))
     code = services.stop(gateway)
     if code != 0:
         raise ServiceError(f"{gateway.name} exited with code {code}:\n{gateway.log_tail()}")

@@ -75,7 +75,6 @@ from gemini_gateway.server.tracing import (
 )
 from gemini_gateway.server.upstream import Flavour, UpstreamClient, make_flavour, make_transport
 from gemini_gateway.server.validation import VALIDATORS, RequestDecodingInterceptor
-from gemini_gateway.server.writer_process import WriterProcess
 
 if TYPE_CHECKING:
     from gemini_gateway.emulator.runner import EmulatorHandle
@@ -252,25 +251,13 @@ async def _start(
     store = await startup.open_store(settings.store_url)  # created and migrated on first start
     opened.push_async_callback(store.close)
     # One recorder for usage events (unless switched off) and request logs.
+    recorder = Recorder(store, max_queue=settings.recorder_queue_size)
     policies = LoggingPolicies(settings, store)
     await policies.start()
     opened.push_async_callback(policies.stop)
     log_bus = LogBus(store)
     await log_bus.start()
     opened.push_async_callback(log_bus.stop)
-    writer_process = None
-    if settings.writer_process and not store.in_memory:
-        writer_process = WriterProcess(
-            store.engine.url.render_as_string(hide_password=False),
-            policy_for=policies.policy_for,
-            published=log_bus.published,
-            notify_replica=log_bus.replica_id,
-            log_level=settings.log_level,
-            log_format=settings.log_format,
-        )
-        await writer_process.start()
-        opened.push_async_callback(writer_process.close)  # the recorder's stop closes it first
-    recorder = Recorder(store, max_queue=settings.recorder_queue_size, process=writer_process)
     log_writer = LogWriter(policies.policy_for, log_bus)
     recorder.register(LogEvent, log_writer)
     recorder.register(LogSkip, log_writer.write_skips)

@@ -302,12 +302,6 @@ class Settings(BaseSettings):
         description="Events held in memory for the store; beyond it they are dropped "
         "and counted (gateway_recorder_dropped_events_total).",
     )
-    writer_process: bool = Field(
-        True,
-        description="Write usage events and request logs from a child process, off the "
-        "gateway's event loop; false writes them in the gateway's own process (an in-memory "
-        "SQLite store always is).",
-    )
     price_table_file: Path | None = Field(
         None, description="TOML price table replacing the shipped one (see docs/usage.md)."
     )

@@ -152,22 +152,6 @@ def notification_payloads(replica: str, project: str, ids: Sequence[str]) -> lis
     return payloads
 
 
-async def notify_replicas(
-    conn: AsyncConnection, replica: str, written: Mapping[str, Sequence[str]]
-) -> None:
-    """NOTIFY the other replicas of `written`, sent by `replica`, when `conn` commits
-    (PostgreSQL; nothing to do on SQLite)."""
-    if conn.dialect.name != "postgresql":
-        return
-    payloads = [
-        payload
-        for project, ids in written.items()
-        for payload in notification_payloads(replica, project, ids)
-    ]
-    if payloads:
-        await conn.execute(_NOTIFY, {"payloads": payloads})
-
-
 def _payload(replica: str, project: str, ids: list[str]) -> str:
     return json.dumps({"replica": replica, "project": project, "ids": ids}, separators=(",", ":"))
 
@@ -275,7 +259,15 @@ class LogBus:
         On SQLite there are no other replicas: nothing to do. A database error here is the
         writer's transaction failing, and propagates like any other of its statements.
         """
-        await notify_replicas(conn, self.replica_id, written)
+        if conn.dialect.name != "postgresql":
+            return
+        payloads = [
+            payload
+            for project, ids in written.items()
+            for payload in notification_payloads(self.replica_id, project, ids)
+        ]
+        if payloads:
+            await conn.execute(_NOTIFY, {"payloads": payloads})
 
     # --- the listen connection ------------------------------------------------------------
 

@@ -19,16 +19,13 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gemini_gateway.server.store.engine import Store, describe_error
 from gemini_gateway.server.store.usage import write_usage_batch
-
-if TYPE_CHECKING:
-    from gemini_gateway.server.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +73,6 @@ class UsageEvent(NamedTuple):
     first_chunk_ms: float | None
     incomplete: bool
     batch: bool = False
-
-
-class WriteOutcome(NamedTuple):
-    """What became of the events of one type in a batch."""
-
-    event: str  # the event type's name
-    size: int  # events in the group
-    error: str = ""  # the store's error when the group was not written
-    unconvertible: int = 0  # counted by a writer in another process (writer_process.py)
 
 
 BatchWriter = Callable[[AsyncConnection, Sequence[Any]], Awaitable["Callable[[], None] | None"]]
@@ -144,45 +132,6 @@ def _queue_depth() -> float:
 QUEUE_DEPTH.set_function(_queue_depth)
 
 
-def group_by_type(batch: Sequence[Any]) -> dict[type, list[Any]]:
-    """The batch's events by type, each group in arrival order."""
-    groups: dict[type, list[Any]] = {}
-    for event in batch:
-        groups.setdefault(type(event), []).append(event)
-    return groups
-
-
-async def write_groups(
-    store: Store,
-    writers: Mapping[type, BatchWriter],
-    groups: Mapping[type, list[Any]],
-    timeout_s: float,
-) -> list[WriteOutcome]:
-    """Write each group in a transaction of its own; run its after-commit hook once committed.
-
-    Shared by the recorder writing in its own process and by the writer process.
-    """
-    outcomes: list[WriteOutcome] = []
-    for event_type, events in groups.items():
-        name = event_type.__name__
-        writer = writers.get(event_type)
-        try:
-            if writer is None:
-                raise TypeError(f"no writer registered for {name}")
-            async with asyncio.timeout(timeout_s), store.begin() as conn:
-                after_commit = await writer(conn, events)
-        except Exception as exc:
-            outcomes.append(WriteOutcome(name, len(events), describe_error(exc)))
-            continue
-        outcomes.append(WriteOutcome(name, len(events)))
-        if after_commit is not None:
-            try:
-                after_commit()
-            except Exception:
-                log.exception("recorder: after-commit hook of %s", name)
-    return outcomes
-
-
 class Recorder:
     """Bounded queue -> batched writes to the store, by one background task.
 
@@ -201,7 +150,6 @@ class Recorder:
         write_timeout_s: float = 30.0,
         drop_log_interval_s: float = DROP_LOG_INTERVAL_S,
         writers: Mapping[type, BatchWriter] | None = None,
-        process: WriterProcess | None = None,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
@@ -214,10 +162,6 @@ class Recorder:
         self._writers: dict[type, BatchWriter] = (
             {UsageEvent: write_usage_batch} if writers is None else dict(writers)
         )
-        # Set: batches are written by this child process instead (writer_process.py), for
-        # the event types it knows; the writers above are used for any other. The recorder
-        # closes it when it stops.
-        self._process = process
         self._drops = _DropLog(drop_log_interval_s)
         # Set when the first event arrives, when a full batch waits, or when flush()/stop()
         # want the writer to go now.
@@ -249,11 +193,6 @@ class Recorder:
                     self._wake.set()
         except Exception:  # recording must never fail the call
             log.exception("recorder could not queue an event")
-
-    @property
-    def process(self) -> WriterProcess | None:
-        """The child process writing the batches, if any (writer_process.py)."""
-        return self._process
 
     @property
     def queue_depth(self) -> int:
@@ -299,8 +238,6 @@ class Recorder:
                 await task
         self._drop_queued()
         self._drops.maybe_log(force=True)
-        if self._process is not None:
-            await self._process.close()
 
     async def _drained(self) -> None:
         """Return once nothing is queued or being written."""
@@ -376,25 +313,26 @@ class Recorder:
 
     async def _write(self, batch: list[Any]) -> bool:
         """Write `batch`, one transaction per event type; False if any part was dropped."""
-        groups = group_by_type(batch)
-        process = self._process
-        if process is not None and process.writes(groups):
-            try:
-                outcomes = await process.write(groups)
-            except Exception as exc:  # an event that cannot be sent: the batch, not the task
-                log.exception("recorder: the batch could not be handed to the writer process")
-                error = describe_error(exc)
-                outcomes = [WriteOutcome(t.__name__, len(e), error) for t, e in groups.items()]
-        else:
-            outcomes = await write_groups(self._store, self._writers, groups, self._write_timeout)
+        by_type: dict[type, list[Any]] = {}
+        for event in batch:
+            by_type.setdefault(type(event), []).append(event)
         ok = True
-        for outcome in outcomes:
-            if outcome.error:
+        for event_type, events in by_type.items():
+            writer = self._writers.get(event_type)
+            try:
+                if writer is None:
+                    raise TypeError(f"no writer registered for {event_type.__name__}")
+                async with asyncio.timeout(self._write_timeout), self._store.begin() as conn:
+                    after_commit = await writer(conn, events)
+            except Exception as exc:
                 ok = False
-                self._drops.add("store_error", outcome.size, outcome.error)
+                self._drops.add("store_error", len(events), describe_error(exc))
             else:
-                WRITTEN.labels(outcome.event).inc(outcome.size)
-            if outcome.unconvertible:
-                DROPPED.labels("unconvertible").inc(outcome.unconvertible)
-            self._in_flight -= outcome.size
+                WRITTEN.labels(event_type.__name__).inc(len(events))
+                if after_commit is not None:
+                    try:
+                        after_commit()
+                    except Exception:
+                        log.exception("recorder: after-commit hook of %s", event_type.__name__)
+            self._in_flight -= len(events)
         return ok

@@ -63,14 +63,6 @@ class Store:
         """`sqlite` or `postgresql`: queries that differ per database branch on this."""
         return self.engine.dialect.name
 
-    @property
-    def in_memory(self) -> bool:
-        """An in-memory SQLite database: no other process (or engine) can open it."""
-        if self.dialect != "sqlite":
-            return False
-        database = self.engine.url.database or ""
-        return database in ("", ":memory:") or "mode=memory" in database
-
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside one transaction, committed on success, rolled back on error."""

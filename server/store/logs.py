@@ -523,21 +523,14 @@ class LogWriter:
     `policy_for(project)` gives the limit and the policy at the limit in force when the
     batch is written; logging being off by then does not matter (the call was logged when it
     was made). `notifier` hears of every log written: inside the transaction and, through
-    the callable returned, once it has committed. `count_unconvertible` is called for each
-    event that cannot be turned into a row (by default it counts the drop in this process's
-    metrics; the writer process reports it to the gateway instead).
+    the callable returned, once it has committed.
     """
 
     def __init__(
-        self,
-        policy_for: Callable[[str], LoggingPolicy],
-        notifier: LogNotifier | None = None,
-        *,
-        count_unconvertible: Callable[[], None] | None = None,
+        self, policy_for: Callable[[str], LoggingPolicy], notifier: LogNotifier | None = None
     ) -> None:
         self._policy_for = policy_for
         self._notifier = notifier
-        self._count_unconvertible = count_unconvertible or DROPPED.labels("unconvertible").inc
 
     async def __call__(
         self, conn: AsyncConnection, events: Sequence[LogEvent]
@@ -553,7 +546,7 @@ class LogWriter:
             try:
                 rows[event.id] = _row(event, db)
             except Exception:
-                self._count_unconvertible()
+                DROPPED.labels("unconvertible").inc()
                 log.exception(
                     "log %s of project %s could not be converted", event.id, event.project
                 )

@@ -71,7 +71,6 @@ async def gateway(fresh_url: FreshUrl, tuning_emulator: EmulatorHandle) -> Async
             store_url=await fresh_url(),
             logging_enabled=True,
             default_labels={"gateway": "gw-logs"},
-            writer_process=True,  # through the store writer process, as by default
         )
     )
     yield gw

@@ -40,7 +40,6 @@ async def gateway(fresh_url: FreshUrl, emulator: EmulatorHandle) -> AsyncIterato
             port=0,
             store_url=await fresh_url(),
             metrics_label_keys=["team"],
-            writer_process=True,  # through the store writer process, as by default
         )
     )
     yield gw
