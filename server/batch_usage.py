@@ -279,9 +279,11 @@ class BatchUsage:
 
     async def _meter(self, operation: operations_pb2.Operation) -> str:
         output = batch_output(operation)
-        if output.WhichOneof("output") == "responses_file":
-            return "file_output"
         now = datetime.now(UTC)
+        if output.WhichOneof("output") == "responses_file":
+            # Not metered, but settled: the sweeper would otherwise read it every round.
+            await settle(self._store, operation.name, now)
+            return "file_output"
         async with self._store.begin() as conn:
             # The claim: only the transaction that sets metered_time writes the usage.
             claimed = (
@@ -304,3 +306,25 @@ class BatchUsage:
         for event in events:
             self._metrics.observe(event)
         return "metered"
+
+
+async def settle(store: Store, name: str, now: datetime) -> bool:
+    """Mark the batch `name` settled without usage (answered in a file, or gone upstream);
+    False if it was not waiting (unknown, or settled already)."""
+    async with store.begin() as conn:
+        marked = await conn.execute(
+            sa.update(_meters)
+            .where(_meters.c.name == name, _meters.c.metered_time.is_(None))
+            .values(metered_time=now)
+        )
+    return bool(marked.rowcount)
+
+
+async def forget_settled(store: Store, before: datetime) -> int:
+    """Delete the batches settled before `before`; how many.
+
+    A batch read again after this is `unknown`, and still not metered twice.
+    """
+    async with store.begin() as conn:
+        deleted = await conn.execute(sa.delete(_meters).where(_meters.c.metered_time < before))
+    return int(deleted.rowcount or 0)

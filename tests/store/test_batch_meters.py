@@ -4,7 +4,7 @@ done at once, and priced at the batch discount."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +19,9 @@ from gemini_gateway.server.batch_usage import (
     LIST_OPERATIONS,
     SEEN,
     BatchUsage,
+    forget_settled,
     request_kinds,
+    settle,
 )
 from gemini_gateway.server.identity import Identity
 from gemini_gateway.server.metering import UsageMetrics
@@ -152,6 +154,8 @@ async def test_batches_not_kept_or_answered_in_a_file_are_not_metered(store: Sto
     in_file.response.Pack(gs.GenerateContentBatchOutput(responses_file="files/out"))
     await meter.seen(GET_OPERATION, in_file)
     assert await usage_rows(store) == []
+    # Settled all the same: the sweeper stops reading it.
+    assert await settled(store) == {"batches/file": True}
     # Not done yet, or not a batch: nothing is looked at.
     running = operations_pb2.Operation(name="batches/file")
     await meter.seen(GET_OPERATION, running)
@@ -169,3 +173,44 @@ async def test_a_batch_done_when_submitted_is_metered_at_once(store: Store) -> N
     assert [(r[0], r[1], r[4], r[6], r[7], r[8]) for r in rows] == [
         ("p", "c", {"k": "v"}, 3, 4, True)
     ]
+
+
+async def settled(store: Store) -> dict[str, bool]:
+    """Each kept batch: whether it is settled (metered, answered in a file, or gone)."""
+    async with store.connect() as conn:
+        rows = await conn.execute(sa.select(BatchMeter.name, BatchMeter.metered_time))
+        return {row.name: row.metered_time is not None for row in rows}
+
+
+async def test_settled_batches_are_forgotten_after_a_while_and_never_metered_twice(
+    store: Store,
+) -> None:
+    meter = BatchUsage(store, UsageMetrics(()))
+    now = datetime.now(UTC)
+    for name in ("batches/old", "batches/recent", "batches/running"):
+        await meter.created(
+            Identity("p", "c"), submitted(("", {})), operations_pb2.Operation(name=name)
+        )
+    await meter.seen(GET_OPERATION, done_operation("batches/old", [(2, 3)]))
+    assert await settle(store, "batches/recent", now - timedelta(days=1))
+    async with store.begin() as conn:  # as if metered eight days ago
+        await conn.execute(
+            sa.update(BatchMeter)
+            .where(BatchMeter.name == "batches/old")
+            .values(metered_time=now - timedelta(days=8))
+        )
+
+    assert await forget_settled(store, now - timedelta(days=7)) == 1
+    assert await settled(store) == {"batches/recent": True, "batches/running": False}
+    assert await forget_settled(store, now - timedelta(days=7)) == 0
+
+    # Read again once forgotten (by another replica, which has not seen it): unknown, and
+    # its usage is not written a second time.
+    unknown = SEEN.labels("unknown")._value.get()
+    other = BatchUsage(store, UsageMetrics(()))
+    await other.seen(GET_OPERATION, done_operation("batches/old", [(2, 3)]))
+    assert SEEN.labels("unknown")._value.get() == unknown + 1
+    assert len(await usage_rows(store)) == 1
+    # Settling what is settled, or unknown, changes nothing.
+    assert not await settle(store, "batches/recent", now)
+    assert not await settle(store, "batches/old", now)
