@@ -7,8 +7,7 @@ anyone reads it. So every `batch_meter_interval_s` the sweeper reads each batch 
 where the last round stopped) with GetOperation, through the forwarder as the batch's
 project: one that has ended is metered by that very call, exactly as if its caller had read
 it. A batch the upstream no longer knows (deleted before it was read) cannot be metered; it
-is marked so and no longer read (`gateway_batches_seen_total{outcome="gone"}`). Each round
-also deletes the batches settled more than SETTLED_KEPT_S ago.
+is marked so and no longer read (`gateway_batches_seen_total{outcome="gone"}`).
 
 Every replica sweeps; a batch is still metered once (the claim in BatchUsage).
 """
@@ -18,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import cast
 
 import grpc
@@ -26,7 +25,7 @@ import sqlalchemy as sa
 from google.longrunning import operations_pb2
 
 from gemini_gateway.server import errors
-from gemini_gateway.server.batch_usage import GET_OPERATION, SEEN, forget_settled, settle
+from gemini_gateway.server.batch_usage import GET_OPERATION, SEEN, settle
 from gemini_gateway.server.forwarder import Forwarder
 from gemini_gateway.server.identity import Identity
 from gemini_gateway.server.reruns import CallContext
@@ -40,10 +39,6 @@ SWEEP_SIZE = 100
 SWEEPER_CALLER = "gateway:batch-meter"
 """Caller name of the reads the sweeper makes (as the batch's project)."""
 READ_TIMEOUT_S = 30.0
-SETTLED_KEPT_S = 7 * 86_400.0
-"""How long a settled batch (metered, answered in a file, or gone) stays in `batch_meters`:
-its row only tells a later read that it is settled, which the caller of a week-old batch no
-longer needs. Deleted by the sweeper, so the table holds about a week of batches."""
 
 _meters = cast(sa.Table, BatchMeter.__table__)
 
@@ -79,7 +74,6 @@ class BatchSweeper:
 
     async def sweep(self) -> int:
         """One round; how many batches it read."""
-        await forget_settled(self._store, datetime.now(UTC) - timedelta(seconds=SETTLED_KEPT_S))
         pending = await self._unmetered(self._after)
         if not pending and self._after:
             self._after = ""  # past the last name: start again from the first

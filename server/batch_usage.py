@@ -23,9 +23,10 @@ upstream before anyone read them done. Each is counted in
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import grpc
@@ -58,6 +59,11 @@ REQUESTS_PATH = "batch.input_config.requests.requests"
 # Names of batches this process saw done (metered, or not to be): later reads of the same
 # batch skip the store. Bounded; a name that falls out costs one more store read.
 REMEMBERED = 10_000
+SETTLED_KEPT = timedelta(days=7)
+"""How long a settled batch (metered, answered in a file, or gone) stays in `batch_meters`:
+its row only tells a later read that it is settled, which the caller of a week-old batch no
+longer needs. So the table holds about a week of batches."""
+FORGET_EVERY_S = 3600.0
 
 SEEN = Counter(
     "gateway_batches_seen",
@@ -229,6 +235,7 @@ class BatchUsage:
         self._store = store
         self._metrics = metrics
         self._settled: OrderedDict[str, None] = OrderedDict()
+        self._next_forget = 0.0  # time.monotonic() of the next deletion of settled batches
 
     async def created(
         self,
@@ -244,12 +251,13 @@ class BatchUsage:
         name = getattr(operation, "name", "")
         if not name.startswith(BATCH_PREFIX):
             return
+        now = datetime.now(UTC)
         row = {
             "name": name,
             "project": identity.project,
             "caller": identity.caller,
             "requests": request_kinds(request),
-            "create_time": datetime.now(UTC),
+            "create_time": now,
             "metered_time": None,
         }
         try:
@@ -258,6 +266,14 @@ class BatchUsage:
         except Exception:
             log.exception("could not keep batch %s for metering", name)
             return
+        # The table grows only here, so this is where it is kept short: at most hourly, in
+        # every mode (the sweeper does not run in pass-through mode or with interval 0).
+        if time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + FORGET_EVERY_S
+            try:
+                await forget_settled(self._store, now - SETTLED_KEPT)
+            except Exception:
+                log.exception("could not delete the batches settled long ago")
         if isinstance(operation, operations_pb2.Operation) and operation.done:
             await self.seen(BATCH_GENERATE, operation)
 

@@ -214,3 +214,17 @@ async def test_settled_batches_are_forgotten_after_a_while_and_never_metered_twi
     # Settling what is settled, or unknown, changes nothing.
     assert not await settle(store, "batches/recent", now)
     assert not await settle(store, "batches/old", now)
+
+
+async def test_keeping_a_new_batch_deletes_those_settled_long_ago(store: Store) -> None:
+    meter = BatchUsage(store, UsageMetrics(()))
+    await meter.created(
+        Identity("p", "c"), submitted(("", {})), operations_pb2.Operation(name="batches/old")
+    )
+    assert await settle(store, "batches/old", datetime.now(UTC) - timedelta(days=8))
+    # In every mode, sweeper or not: a new batch is when the table grows.
+    other = BatchUsage(store, UsageMetrics(()))
+    await other.created(
+        Identity("p", "c"), submitted(("", {})), operations_pb2.Operation(name="batches/new")
+    )
+    assert await settled(store) == {"batches/new": False}
