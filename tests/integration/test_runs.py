@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -509,7 +510,15 @@ async def batch_run_waiting_upstream(target: str, dataset: str, stubs: Stubs) ->
 
 
 SLOW_PROMPT = "Take your time [[fault:headers_delay:3000]]"  # each answer takes 3 s
-HANDOVER_BATCH_SECONDS = 4.0  # long enough to stop or kill the gateway that submitted it
+HELD_BATCH_SECONDS = 600.0  # a batch that runs until the test ends it (`end_batches_soon`)
+
+
+def end_batches_soon(emulator: EmulatorHandle, seconds: float = 0.5) -> None:
+    """Shorten every batch of the emulator to end within `seconds` from now: a handover test
+    holds its batch running while it stops or kills a gateway, however slow the machine."""
+    ends_at = time.time() + seconds
+    for batch in emulator.app[BATCHES_KEY].batches.values():
+        batch.duration = min(batch.duration, max(0.0, ends_at - batch.created))
 
 
 async def direct_run_waiting_upstream(target: str, dataset: str) -> str:
@@ -550,7 +559,7 @@ async def test_a_stopping_gateway_hands_its_batch_runs_over(
         settings_for(emulator, store_url).model_copy(update={"run_lease_s": 1})
     )
     other = await start_gateway(settings_for(emulator, store_url))
-    emulator.app[BATCHES_KEY].seconds = HANDOVER_BATCH_SECONDS
+    emulator.app[BATCHES_KEY].seconds = HELD_BATCH_SECONDS
     try:
         name = await batch_run_waiting_upstream(other.target, dataset, stubs)
         direct = await direct_run_waiting_upstream(other.target, slow_dataset)
@@ -558,9 +567,12 @@ async def test_a_stopping_gateway_hands_its_batch_runs_over(
         await other.stop(0)
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
     try:
+        await asyncio.sleep(1.0)  # the watcher sweeps 4 times a second: it has the run now
         assert (await get_run(stubs, name)).state == runs_pb2.RUNNING  # not failed, not cancelled
+        end_batches_soon(emulator)
         await assert_answered_by_its_batch(stubs, name, log_names)
     finally:
+        end_batches_soon(emulator)
         await watcher.stop(0)
     run = await get_run(stubs, direct)
     assert run.state == runs_pb2.FAILED
@@ -611,18 +623,23 @@ async def test_the_runs_of_a_gateway_that_died_are_adopted_or_failed(
         settings_for(emulator, store_url).model_copy(update={"run_lease_s": 1})
     )
     served = _serve_in_a_subprocess(tmp_path, emulator, store_url)
-    emulator.app[BATCHES_KEY].seconds = HANDOVER_BATCH_SECONDS
+    emulator.app[BATCHES_KEY].seconds = HELD_BATCH_SECONDS
     try:
         name = await batch_run_waiting_upstream(served.target, dataset, stubs)
+        emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
         direct = await direct_run_waiting_upstream(served.target, slow_dataset)
         await asyncio.sleep(1.5)  # past their lease: the live gateway keeps extending it
         assert (await get_run(stubs, name)).state == runs_pb2.RUNNING
         assert (await get_run(stubs, direct)).state == runs_pb2.RUNNING
         served.process.kill()
         served.process.wait()
+        await asyncio.sleep(1.0)  # past the dead gateway's lease: the watcher adopts the run
+        assert (await get_run(stubs, name)).state == runs_pb2.RUNNING
+        end_batches_soon(emulator)
         await assert_answered_by_its_batch(stubs, name, log_names)
     finally:
         stop(served)  # killed already, unless the test failed before
+        end_batches_soon(emulator)
         emulator.app[BATCHES_KEY].seconds = BATCH_SECONDS
         await watcher.stop(0)
     run = await get_run(stubs, direct)
