@@ -9,7 +9,12 @@ project: one that has ended is metered by that very call, exactly as if its call
 it. A batch the upstream no longer knows (deleted before it was read) cannot be metered; it
 is marked so and no longer read (`gateway_batches_seen_total{outcome="gone"}`).
 
-Every replica sweeps; a batch is still metered once (the claim in BatchUsage).
+Every replica (and every worker process) sweeps, but shares the reads: a round claims the
+batches it reads until the next round (`batch_meters.read_after`, one UPDATE, so of replicas
+sweeping at once each batch goes to one), and the others skip a claimed batch. So a batch is
+read about once per interval, however many replicas run. One whose replica stopped before
+reading it is read by any replica once the claim has run out. A batch is metered once
+whatever reads it (the claim in BatchUsage).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import grpc
@@ -74,10 +79,11 @@ class BatchSweeper:
 
     async def sweep(self) -> int:
         """One round; how many batches it read."""
-        pending = await self._unmetered(self._after)
+        now = datetime.now(UTC)
+        pending = await self._claim(self._after, now)
         if not pending and self._after:
             self._after = ""  # past the last name: start again from the first
-            pending = await self._unmetered("")
+            pending = await self._claim("", now)
         route = self._forwarder.routes[GET_OPERATION]
         for name, project in pending:
             self._after = name
@@ -96,15 +102,30 @@ class BatchSweeper:
                     log.info("batch sweeper: could not read %s: %s", name, exc.message)
         return len(pending)
 
-    async def _unmetered(self, after: str) -> list[tuple[str, str]]:
-        async with self._store.connect() as conn:
-            rows = await conn.execute(
-                sa.select(_meters.c.name, _meters.c.project)
-                .where(_meters.c.metered_time.is_(None), _meters.c.name > after)
-                .order_by(_meters.c.name)
-                .limit(SWEEP_SIZE)
-            )
-            return [(row.name, row.project) for row in rows]
+    async def _claim(self, after: str, now: datetime) -> list[tuple[str, str]]:
+        """Up to SWEEP_SIZE batches after `after`, not metered yet and claimed by no replica
+        (or no longer), claimed until the next round; their (name, project) by name."""
+        due = sa.and_(
+            _meters.c.metered_time.is_(None),
+            sa.or_(_meters.c.read_after.is_(None), _meters.c.read_after <= now),
+        )
+        names = (
+            sa.select(_meters.c.name)
+            .where(due, _meters.c.name > after)
+            .order_by(_meters.c.name)
+            .limit(SWEEP_SIZE)
+        )
+        # `due` again in the UPDATE: on PostgreSQL a replica that waited for another's claim
+        # of a row re-checks it against the row as that claim left it, and skips it.
+        statement = (
+            _meters.update()
+            .where(due, _meters.c.name.in_(names.scalar_subquery()))
+            .values(read_after=now + timedelta(seconds=self._interval))
+            .returning(_meters.c.name, _meters.c.project)
+        )
+        async with self._store.begin() as conn:
+            rows = (await conn.execute(statement)).all()
+        return sorted((row.name, row.project) for row in rows)
 
     async def _gone(self, name: str) -> None:
         if await settle(self._store, name, datetime.now(UTC)):

@@ -230,6 +230,9 @@ class BatchMeter(Base):
     requests: Mapped[dict[str, Any]] = mapped_column(JsonType)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     metered_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The sweeper of one replica claims the batch until then (server/batch_sweeper.py): the
+    # others leave it alone, so each batch is read once per interval, not once per replica.
+    read_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 # Sum columns of a rollup row, in one place for the writer, the queries and the rebuild.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -392,6 +393,62 @@ async def test_a_batch_nobody_reads_is_metered_by_the_sweeper(
         ]
     finally:
         await gw.stop(0)
+
+
+async def upstream_reads(emulator: EmulatorHandle, names: list[str]) -> dict[str, int]:
+    """How many times the emulator was asked for each of `names` (GET batches/{id})."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{emulator.url}/_emulator/requests") as response:
+            requests = await response.json()
+    paths = [r["path"] for r in requests if r["method"] == "GET"]
+    return {name: sum(path.endswith(f"/{name}") for path in paths) for name in names}
+
+
+async def test_replicas_sweeping_at_once_read_each_batch_once_per_interval(
+    batch_emulator: EmulatorHandle, fresh_url: FreshUrl
+) -> None:
+    """Two replicas on one store sweep at the same moment: each batch is read once, by one of
+    them, and by neither again until its claim (one interval) has run out."""
+    url = await fresh_url()
+    # A 60 s interval: the replicas' own rounds do not start within the test; it runs them.
+    replicas = [
+        await start_gateway(settings(batch_emulator, url, batch_meter_interval_s=60))
+        for _ in range(2)
+    ]
+    batch_emulator.app[BATCHES_KEY].seconds = 600.0  # not done: read each round
+    try:
+        async with grpc.aio.insecure_channel(replicas[0].target) as channel:
+            stubs = stubs_on(channel)
+            names = [
+                (
+                    await stubs["generative"].BatchGenerateContent(
+                        batch_request((f"swept {i}", {"run": "b11"})), metadata=bearer(ADS_TOKEN)
+                    )
+                ).name
+                for i in range(5)
+            ]
+        sweepers = [gw.batch_sweeper for gw in replicas]
+        assert sweepers[0] is not None and sweepers[1] is not None
+        before = await upstream_reads(batch_emulator, names)
+        counts = await asyncio.gather(*(sweeper.sweep() for sweeper in sweepers))
+        assert sum(counts) == len(names)
+        after = await upstream_reads(batch_emulator, names)
+        assert {name: after[name] - before[name] for name in names} == dict.fromkeys(names, 1)
+        # Claimed until the next round: neither replica reads them again now.
+        assert await asyncio.gather(*(sweeper.sweep() for sweeper in sweepers)) == [0, 0]
+        # A claim that has run out (its replica stopped, say): the next round reads the batch.
+        async with replicas[1].store.begin() as conn:
+            await conn.execute(
+                sa.update(BatchMeter)
+                .where(BatchMeter.name == names[0])
+                .values(read_after=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        assert await sweepers[1].sweep() == 1
+        assert (await upstream_reads(batch_emulator, names))[names[0]] == after[names[0]] + 1
+    finally:
+        batch_emulator.app[BATCHES_KEY].seconds = 0.3
+        for gw in replicas:
+            await gw.stop(0)
 
 
 async def test_a_batch_deleted_before_it_was_read_is_left_unmetered(

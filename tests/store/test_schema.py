@@ -23,6 +23,7 @@ from gemini_gateway.server.store.engine import (
 )
 from gemini_gateway.server.store.models import (
     Base,
+    BatchMeter,
     UsageDaily,
     UsageDailyByLabel,
     UsageHourly,
@@ -50,8 +51,8 @@ LOG_TABLES = {
 # Who created each tuned model and batch (revision 0004).
 TENANCY_TABLES = {"resource_owners"}
 # Request logs keep their messages as protobuf bytes (revision 0005); each project's log
-# count is kept (revision 0006).
-HEAD = "0008_batch_usage"
+# count is kept (revision 0006); batch_meters gains read claims (revision 0009).
+HEAD = "0009_batch_read_claims"
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
@@ -284,6 +285,44 @@ async def test_revision_0008_flags_usage_as_interactive_and_keys_rollups_by_it(
         async with engine.connect() as conn:
             got = await conn.execute(sa.text("SELECT request_count FROM usage_hourly"))
             assert got.scalars().all() == [1]
+        await upgrade(engine)
+        await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_revision_0009_keeps_the_batches_waiting_unclaimed(fresh_url: FreshUrl) -> None:
+    """Batches kept before 0009 have no read claim (the next round reads them); a downgrade
+    keeps the batches and drops only the claims."""
+    engine = create_engine(await fresh_url())
+    meters = sa.table(
+        "batch_meters",
+        *(sa.column(c.name, c.type) for c in BatchMeter.__table__.c if c.name != "read_after"),
+    )
+    row = {
+        "name": "batches/old",
+        "project": "p",
+        "caller": "alice",
+        "requests": {"kinds": [["models/m", {}]], "kind_of": []},
+        "create_time": datetime(2026, 3, 1, tzinfo=UTC),
+        "metered_time": None,
+    }
+    try:
+        await upgrade(engine, "0008_batch_usage")
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(meters), [row])
+        await upgrade(engine)
+        claimed = datetime(2026, 3, 1, 0, 5, tzinfo=UTC)
+        async with engine.begin() as conn:
+            read = sa.select(BatchMeter.name, BatchMeter.read_after)
+            assert (await conn.execute(read)).all() == [("batches/old", None)]
+            await conn.execute(sa.update(BatchMeter).values(read_after=claimed))
+            assert (await conn.execute(read)).all() == [("batches/old", claimed)]
+        async with engine.begin() as conn:
+            await conn.run_sync(_downgrade, "0008_batch_usage")
+        async with engine.connect() as conn:
+            got = await conn.execute(sa.text("SELECT name, caller FROM batch_meters"))
+            assert got.all() == [("batches/old", "alice")]
         await upgrade(engine)
         await check_schema(engine)
     finally:
