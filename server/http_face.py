@@ -26,7 +26,10 @@ The mapping (docs/http-face.md):
   with a google.rpc.BadRequest naming the parameter.
 - Body: `*` is the whole request as proto3 JSON, a field name that field; unknown fields are
   refused (400). Path values win over the same fields in the body.
-- Metadata: only the caller's `Authorization: Bearer ...` header is sent, as `authorization`.
+- Metadata: the caller's `Authorization: Bearer ...` header is sent as `authorization`,
+  and its `X-Request-Id`, `traceparent` and `tracestate` headers under their own names, so
+  the call's log lines and spans join the caller's; no other header. Every answer carries
+  the call's request id back as `X-Request-Id` (a stream's when its headers are sent).
 - Answer: the response message as proto3 JSON (camelCase, int64 as strings, default values
   left out, as Google's REST APIs answer). Server-streaming methods answer
   `text/event-stream`: one `data: <json>` event per message, `event: error` with the error
@@ -65,6 +68,7 @@ from google.rpc import status_pb2
 from multidict import MultiMapping
 
 from gemini_gateway.server import errors, openapi
+from gemini_gateway.server.log_format import REQUEST_ID_KEY
 from gemini_gateway.server.routes import HttpBinding, Route, RouteTable, RouteTableError
 from gemini_gateway.server.routes import route_for_method as _route_for_method
 
@@ -127,6 +131,14 @@ SCALAR_MESSAGES = frozenset(
         "google.protobuf.BytesValue",
     }
 )
+
+# Request headers passed on as gRPC metadata beside the bearer token (lower case, as gRPC
+# metadata keys are): the caller's request id and W3C trace context.
+PASSED_HEADERS = ("x-request-id", "traceparent", "tracestate")
+PASSED_HEADER_MAX = 512  # tracestate's limit (W3C: 32 list members of up to 256 chars each
+# may be cut to fit 512); a request id is at most 128, a traceparent 55
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+HEADERS_AFTER_MESSAGE_S = 1.0  # a stream's initial metadata, once its first message is in
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -799,11 +811,26 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 
 
 def caller_metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The gRPC metadata sent for a request: its bearer token, nothing else."""
+    """The gRPC metadata sent for a request: its bearer token, request id and W3C trace
+    context, nothing else. A value gRPC could not carry (not printable ASCII, or longer than
+    PASSED_HEADER_MAX) is left out; the server judges the rest as it judges a gRPC caller's."""
+    metadata: list[tuple[str, str]] = []
     scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        return (("authorization", f"Bearer {token.strip()}"),)
-    return ()
+        metadata.append(("authorization", f"Bearer {token.strip()}"))
+    for name in PASSED_HEADERS:
+        value = headers.get(name, "").strip()
+        if value and len(value) <= PASSED_HEADER_MAX and _PRINTABLE_ASCII.fullmatch(value):
+            metadata.append((name, value))
+    return tuple(metadata)
+
+
+def request_id_header(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
+    """`X-Request-Id` with the call's request id, from its initial or trailing metadata."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return {"X-Request-Id": value}
+    return {}
 
 
 class HttpFace:
@@ -919,13 +946,17 @@ class HttpFace:
             request_serializer=_serialize,
             response_deserializer=route.route.response_class.FromString,
         )
+        ongoing = call(message, metadata=metadata)
         try:
-            response = await call(message, metadata=metadata)
-            return _json(_message_json(response))
+            response = await ongoing
         except grpc.aio.AioRpcError as exc:
-            return error_response(*status_of(exc))
+            headers = request_id_header(exc.trailing_metadata())
+            return error_response(*status_of(exc), headers=headers)
+        headers = request_id_header(await ongoing.trailing_metadata())
+        try:
+            return _json(_message_json(response), headers=headers)
         except errors.UpstreamError as exc:
-            return error_response(exc.code, exc.message, exc.details)
+            return error_response(exc.code, exc.message, exc.details, headers=headers)
 
     async def _stream(
         self,
@@ -951,10 +982,16 @@ class HttpFace:
                 await asyncio.wait({first})
             failure = first.exception() if first.done() and not first.cancelled() else None
             if isinstance(failure, grpc.aio.AioRpcError):
-                return error_response(*status_of(failure))
+                headers = request_id_header(failure.trailing_metadata())
+                return error_response(*status_of(failure), headers=headers)
             if stopping.done() and not first.done():
                 return error_response(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-            response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+            if first.done() and not started.done():  # its headers came before its message
+                await asyncio.wait({started}, timeout=HEADERS_AFTER_MESSAGE_S)
+            headers = dict(SSE_HEADERS)
+            if started.done() and not started.cancelled() and started.exception() is None:
+                headers.update(request_id_header(started.result()))
+            response = web.StreamResponse(status=200, headers=headers)
             await response.prepare(request)
             with contextlib.suppress(ConnectionResetError):  # the client went away
                 await response.write(b": connected\n\n")  # sends the headers now

@@ -16,7 +16,8 @@ context variable for the whole call (each gRPC call runs in its own task), so ev
 the call logs carries it, and it goes back to the caller as `x-request-id` trailing
 metadata on every call, failed ones included (the handler's own trailers and an abort's
 `grpc-status-details-bin` are kept beside it); a stream also gets it as initial metadata
-with its first message, so that its caller knows it while the stream runs. Trailers cost
+with its first message (or with the headers a handler sends earlier, as TailLogs does), so
+that its caller knows it while the stream runs. Trailers cost
 nothing: they travel with the status. Initial metadata sent ahead of a unary answer would
 be one more write per call.
 """
@@ -107,6 +108,10 @@ class _WithRequestId:
     def set_trailing_metadata(self, trailing_metadata: Iterable[tuple[str, Any]]) -> None:
         self._context.set_trailing_metadata((*trailing_metadata, self._pair))
 
+    async def send_initial_metadata(self, initial_metadata: Iterable[tuple[str, Any]]) -> None:
+        # A handler that sends its headers early (TailLogs) sends the request id with them.
+        await self._context.send_initial_metadata((*initial_metadata, self._pair))
+
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
     ) -> NoReturn:
@@ -139,7 +144,7 @@ def _stream(
                 try:
                     await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
                 except grpc.aio.UsageError:
-                    pass  # the handler sent its headers itself (TailLogs does)
+                    pass  # the handler sent its headers (and the id) itself: TailLogs
             yield message
 
     return with_id

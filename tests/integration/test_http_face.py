@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -492,6 +493,43 @@ async def test_a_stream_refused_at_once_answers_its_http_status(
         http, "GET", "/v1/projects/alpha/datasets/none:export?format=EXPORT_FORMAT_CSV", AS_ALPHA
     )
     assert response.status == 404
+
+
+async def test_the_request_id_crosses_the_face_both_ways(http: aiohttp.ClientSession) -> None:
+    """A caller's X-Request-Id reaches the gRPC call (whose request id it becomes) and comes
+    back on every answer: a unary one, an error and a stream; without one, the call's own."""
+
+    def as_alpha(request_id: str) -> dict[str, str]:
+        return {**AS_ALPHA, "X-Request-Id": request_id}
+
+    created = {"dataset": {"displayName": "Request ids"}, "datasetId": "request-ids"}
+    async with http.post(
+        "/v1/projects/alpha/datasets", headers=as_alpha("face-create-1"), json=created
+    ) as response:
+        assert response.status == 200
+        assert response.headers["X-Request-Id"] == "face-create-1"
+    response, _ = await _error(
+        http, "GET", "/v1/projects/alpha/datasets/nope", as_alpha("face-missing-2")
+    )
+    assert (response.status, response.headers["X-Request-Id"]) == (404, "face-missing-2")
+    export = "/v1/projects/alpha/datasets/request-ids:export?format=EXPORT_FORMAT_JSONL"
+    async with http.get(export, headers=as_alpha("face-export-3")) as response:
+        assert response.content_type == "text/event-stream"
+        assert response.headers["X-Request-Id"] == "face-export-3"
+        assert (await all_events(response))[-1][0] == "end"
+    # TailLogs answers its headers before any log: the request id is among them.
+    tail = "/v1/projects/alpha/logs:tail"
+    async with http.get(tail, headers=as_alpha("face-tail-4")) as response:
+        assert response.status == 200
+        assert response.headers["X-Request-Id"] == "face-tail-4"
+    # None sent, or one the server does not take: the call's own, new each time.
+    made = []
+    for headers in (AS_ALPHA, AS_ALPHA, as_alpha("not an id; x")):
+        async with http.get("/v1/projects/alpha/datasets", headers=headers) as response:
+            assert response.status == 200
+            made.append(response.headers["X-Request-Id"])
+    assert len(set(made)) == 3 and "not an id; x" not in made
+    assert all(re.fullmatch(r"[0-9a-f]{32}", made_id) for made_id in made), made
 
 
 async def test_openapi_document_lists_every_path(

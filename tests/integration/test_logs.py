@@ -605,8 +605,12 @@ async def test_tail_sees_a_call_made_while_it_is_open(
     logs: logs_pb2_grpc.LogServiceStub,
     run: str,
 ) -> None:
-    tail = logs.TailLogs(logs_pb2.TailLogsRequest(filter=f'labels.run = "{run}"'))
-    await tail.initial_metadata()  # the tail follows the project from here on
+    tail = logs.TailLogs(
+        logs_pb2.TailLogsRequest(filter=f'labels.run = "{run}"'),
+        metadata=(("x-request-id", f"tail-{run}"),),
+    )
+    # The tail follows the project from here on; its headers carry its request id.
+    assert ("x-request-id", f"tail-{run}") in tuple(await tail.initial_metadata())
     try:
         await generative.GenerateContent(text_request(MODEL, "someone else's", {"run": "other"}))
         await generative.GenerateContent(text_request(MODEL, "first", {"run": run}))

@@ -33,8 +33,9 @@ from gemini_gateway.generated.google.ai.generativelanguage.v1beta import (
     generative_service_pb2_grpc,
 )
 from gemini_gateway.server import log_format
-from gemini_gateway.server.app import Gateway, start_gateway
+from gemini_gateway.server.app import LOCAL_SERVICES, Gateway, start_gateway
 from gemini_gateway.server.config import Settings
+from gemini_gateway.server.http_face import build_http_face, start_http_face
 from gemini_gateway.server.startup import StartupError
 
 MODEL = "gemini-2.5-flash"
@@ -143,6 +144,36 @@ async def test_call_span_continues_the_callers_trace_and_goes_upstream(
     # Nothing secret or private: no key, no prompt, no answer.
     said = _texts(spans)
     assert API_KEY not in said and prompt not in said and "Echo" not in said
+
+
+async def test_a_call_through_the_http_face_continues_the_callers_trace(
+    emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The REST/JSON face passes `traceparent` and `X-Request-Id` on to the gRPC call: its
+    span is the HTTP caller's child and carries the caller's request id, which comes back."""
+    trace_id, parent_id = uuid.uuid4().int, 0x0102030405060708
+    headers = {
+        "traceparent": f"00-{trace_id:032x}-{parent_id:016x}-01",
+        "X-Request-Id": "face-trace-1",
+    }
+    async with _traced_gateway(emulator, monkeypatch) as (gateway, exporter):
+        face = await start_http_face(
+            build_http_face(LOCAL_SERVICES, gateway.target), "127.0.0.1", 0
+        )
+        try:
+            async with aiohttp.ClientSession(base_url=face.url) as http:
+                async with http.get("/v1/projects/-/datasets", headers=headers) as response:
+                    assert response.status == 200
+                    assert response.headers["X-Request-Id"] == "face-trace-1"
+        finally:
+            await face.close()
+        spans = await _spans(exporter, 1)
+    server = _one(spans, SpanKind.SERVER)
+    assert server.name == "gemini.gateway.v1.DatasetService/ListDatasets"
+    assert server.context is not None and server.context.trace_id == trace_id
+    assert server.parent is not None and server.parent.span_id == parent_id
+    assert server.attributes is not None
+    assert server.attributes["gateway.request_id"] == "face-trace-1"
 
 
 async def test_each_attempt_is_a_span_and_the_retry_an_event(

@@ -14,7 +14,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
-from multidict import MultiDict
+from multidict import CIMultiDict, MultiDict
 
 from gemini_gateway.generated.gemini.gateway.v1 import datasets_pb2, logs_pb2, usage_pb2
 from gemini_gateway.server import errors
@@ -29,6 +29,7 @@ from gemini_gateway.server.http_face import (
     caller_metadata,
     error_body,
     parse_query,
+    request_id_header,
 )
 from gemini_gateway.server.routes import RouteTableError
 
@@ -500,11 +501,35 @@ def test_parse_query_alone() -> None:
 # --- metadata and errors -----------------------------------------------------------------------
 
 
-def test_only_the_bearer_token_is_forwarded() -> None:
-    assert caller_metadata({"Authorization": "Bearer  tok "}) == (("authorization", "Bearer tok"),)
-    assert caller_metadata({"Authorization": "bearer tok"}) == (("authorization", "Bearer tok"),)
-    assert caller_metadata({"Authorization": "Basic dXNlcjpwYXNz"}) == ()
-    assert caller_metadata({"Cookie": "session=1", "X-Goog-Api-Key": "k"}) == ()
+def test_only_the_bearer_token_request_id_and_trace_context_are_forwarded() -> None:
+    def metadata(**headers: str) -> tuple[tuple[str, str], ...]:
+        # As aiohttp gives them: names case-insensitive.
+        return caller_metadata(CIMultiDict((k.replace("_", "-"), v) for k, v in headers.items()))
+
+    assert metadata(Authorization="Bearer  tok ") == (("authorization", "Bearer tok"),)
+    assert metadata(Authorization="bearer tok") == (("authorization", "Bearer tok"),)
+    assert metadata(Authorization="Basic dXNlcjpwYXNz") == ()
+    assert metadata(Cookie="session=1", X_Goog_Api_Key="k", Grpc_Timeout="1S") == ()
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert metadata(
+        X_Request_ID=" req-1 ", TRACEPARENT=parent, tracestate="a=1", Authorization="Bearer t"
+    ) == (
+        ("authorization", "Bearer t"),
+        ("x-request-id", "req-1"),
+        ("traceparent", parent),
+        ("tracestate", "a=1"),
+    )
+    # What gRPC metadata cannot carry is left out (the server makes a new request id).
+    assert metadata(X_Request_Id="caf\u00e9") == ()
+    assert metadata(X_Request_Id="a\tb") == ()
+    assert metadata(tracestate="x" * 513) == ()
+    assert metadata(tracestate="x" * 512) == (("tracestate", "x" * 512),)
+
+
+def test_the_request_id_goes_back_from_either_metadata() -> None:
+    assert request_id_header((("x-request-id", "r1"), ("other", "v"))) == {"X-Request-Id": "r1"}
+    assert request_id_header((("grpc-status-details-bin", b"\x00"),)) == {}
+    assert request_id_header(None) == {}
 
 
 def test_every_grpc_code_has_an_http_status() -> None:
