@@ -30,6 +30,8 @@ The mapping (docs/http-face.md):
   and its `X-Request-Id`, `traceparent` and `tracestate` headers under their own names, so
   the call's log lines and spans join the caller's; no other header. Every answer carries
   the call's request id back as `X-Request-Id` (a stream's when its headers are sent).
+- Deadline: a `Grpc-Timeout` header (gRPC's own form, e.g. `30S`, `500m`) becomes the call's
+  deadline, as grpc-gateway reads it; a malformed one is INVALID_ARGUMENT (400).
 - Answer: the response message as proto3 JSON (camelCase, int64 as strings, default values
   left out, as Google's REST APIs answer). Server-streaming methods answer
   `text/event-stream`: one `data: <json>` event per message, `event: error` with the error
@@ -139,6 +141,11 @@ PASSED_HEADER_MAX = 512  # tracestate's limit (W3C: 32 list members of up to 256
 # may be cut to fit 512); a request id is at most 128, a traceparent 55
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 HEADERS_AFTER_MESSAGE_S = 1.0  # a stream's initial metadata, once its first message is in
+# The caller's deadline, in gRPC's own form (the gRPC over HTTP/2 spec): at most 8 digits
+# and a unit, Hours, Minutes, Seconds, milliseconds, microseconds or nanoseconds.
+TIMEOUT_HEADER = "Grpc-Timeout"
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_TIMEOUT_UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -825,6 +832,22 @@ def caller_metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(metadata)
 
 
+def caller_timeout(headers: Mapping[str, str]) -> float | None:
+    """The deadline the caller set with `Grpc-Timeout`, in seconds; None without one.
+    INVALID_ARGUMENT naming the header for a value not in gRPC's form, or of zero."""
+    raw = headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    found = _TIMEOUT.fullmatch(raw.strip())
+    if found is None or int(found[1]) == 0:
+        shown = raw[:_PATH_QUOTE_CHARS]
+        raise errors.invalid_argument(
+            f"{shown!r} is not a timeout: up to 8 digits, then H, M, S, m, u or n (e.g. 30S)",
+            TIMEOUT_HEADER,
+        )
+    return int(found[1]) * _TIMEOUT_UNIT_S[found[2]]
+
+
 def request_id_header(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     """`X-Request-Id` with the call's request id, from its initial or trailing metadata."""
     for key, value in metadata or ():
@@ -902,6 +925,7 @@ class HttpFace:
                 grpc.StatusCode.NOT_FOUND, f"no method is bound to {request.method} {shown}"
             )
         try:
+            timeout = caller_timeout(request.headers)
             body = await request.read() if route.binding.body else b""
             message = build_request(route, values, request.rel_url.query, body)
         except web.HTTPRequestEntityTooLarge:
@@ -913,8 +937,8 @@ class HttpFace:
             return error_response(exc.code, exc.message, exc.details)
         metadata = caller_metadata(request.headers)
         if route.streaming:
-            return await self._stream(request, route, message, metadata)
-        return await self._unary(route, message, metadata)
+            return await self._stream(request, route, message, metadata, timeout)
+        return await self._unary(route, message, metadata, timeout)
 
     async def _not_routed(self, request: web.Request, raw_path: str) -> web.StreamResponse | None:
         """/openapi.json and the static files, for a path no rule serves."""
@@ -939,14 +963,18 @@ class HttpFace:
         return None
 
     async def _unary(
-        self, route: InboundRoute, message: Message, metadata: tuple[tuple[str, str], ...]
+        self,
+        route: InboundRoute,
+        message: Message,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,
     ) -> web.Response:
         call = self.channel.unary_unary(
             route.full_method,
             request_serializer=_serialize,
             response_deserializer=route.route.response_class.FromString,
         )
-        ongoing = call(message, metadata=metadata)
+        ongoing = call(message, metadata=metadata, timeout=timeout)
         try:
             response = await ongoing
         except grpc.aio.AioRpcError as exc:
@@ -964,13 +992,14 @@ class HttpFace:
         route: InboundRoute,
         message: Message,
         metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,
     ) -> web.StreamResponse:
         """Server-sent events; the call is cancelled whenever this ends (client gone too)."""
         call = self.channel.unary_stream(
             route.full_method,
             request_serializer=_serialize,
             response_deserializer=route.route.response_class.FromString,
-        )(message, metadata=metadata)
+        )(message, metadata=metadata, timeout=timeout)
         first: asyncio.Future[Any] = asyncio.ensure_future(call.read())
         started: asyncio.Future[Any] = asyncio.ensure_future(call.initial_metadata())
         stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())

@@ -554,7 +554,8 @@ async def test_openapi_document_lists_every_path(
 
 
 class EchoServicer:
-    """The test-only EchoService; `Count` streams `page_size` messages, then by name: fails
+    """The test-only EchoService; `Echo` answers at once, or after `wait` (`shelves/slow`);
+    `Count` streams `page_size` messages, then by name: fails
     (`shelves/fail`), is refused at once (`shelves/deny`) or runs until cancelled
     (`shelves/forever`)."""
 
@@ -573,6 +574,8 @@ class EchoServicer:
         )
 
     async def echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.name == "shelves/slow":  # answers after `wait`
+            await asyncio.sleep(request.wait.ToTimedelta().total_seconds())
         return self.Response(request=request, metadata_keys=self._keys(context))
 
     async def create_shelf(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -724,6 +727,34 @@ async def test_stream_errors(echo_http: tuple[HttpFaceHandle, aiohttp.ClientSess
     async with http.get("/v1/shelves/deny:count?pageSize=2") as response:
         assert response.status == 403
         assert (await response.json())["error"]["message"] == "not your shelf"
+
+
+async def test_the_callers_grpc_timeout_is_the_calls_deadline(
+    echo_http: tuple[HttpFaceHandle, aiohttp.ClientSession],
+) -> None:
+    _, http = echo_http
+    started = time.monotonic()
+    response, body = await _error(
+        http, "GET", "/v1/shelves/slow:echo?wait=5s", {"Grpc-Timeout": "200m"}
+    )
+    assert (response.status, body["error"]["status"]) == (504, "DEADLINE_EXCEEDED")
+    assert time.monotonic() - started < 3
+    headers = {"Grpc-Timeout": "10S"}
+    async with http.get("/v1/shelves/slow:echo?wait=0.1s", headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["request"]["name"] == "shelves/slow"
+    # A stream: the deadline ends it after it started, as an error event.
+    headers = {"Grpc-Timeout": "300m"}
+    async with http.get("/v1/shelves/forever:count?pageSize=1", headers=headers) as response:
+        assert response.status == 200
+        events = await asyncio.wait_for(all_events(response), 5)
+    assert [kind for kind, _ in events] == ["message", "error"]
+    assert events[-1][1]["error"]["status"] == "DEADLINE_EXCEEDED"
+    # Not in gRPC's form: refused before any call, naming the header.
+    for bad in ("soon", "5s", "0S", "123456789S", "1.5S", "-1S"):
+        response, body = await _error(http, "GET", "/v1/shelves/s1:echo", {"Grpc-Timeout": bad})
+        assert (response.status, body["error"]["status"]) == (400, "INVALID_ARGUMENT"), bad
+        assert set(violations(body)) == {"Grpc-Timeout"}, bad
 
 
 async def test_a_client_that_leaves_cancels_the_call(

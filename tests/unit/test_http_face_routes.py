@@ -27,6 +27,7 @@ from gemini_gateway.server.http_face import (
     WrongVerb,
     build_request,
     caller_metadata,
+    caller_timeout,
     error_body,
     parse_query,
     request_id_header,
@@ -524,6 +525,26 @@ def test_only_the_bearer_token_request_id_and_trace_context_are_forwarded() -> N
     assert metadata(X_Request_Id="a\tb") == ()
     assert metadata(tracestate="x" * 513) == ()
     assert metadata(tracestate="x" * 512) == (("tracestate", "x" * 512),)
+
+
+def test_a_grpc_timeout_header_is_read_in_grpcs_form() -> None:
+    def timeout(value: str | None) -> float | None:
+        return caller_timeout(CIMultiDict({} if value is None else {"grpc-timeout": value}))
+
+    assert timeout(None) is None
+    assert timeout("30S") == 30
+    assert timeout(" 2M ") == 120
+    assert timeout("1H") == 3600
+    assert timeout("500m") == pytest.approx(0.5)
+    assert timeout("99999999u") == pytest.approx(99.999999)
+    assert timeout("1500000n") == pytest.approx(0.0015)
+    for bad in ("", "S", "10", "10s", "10 S", "0m", "123456789S", "1.5S", "+1S", "1S1"):
+        with pytest.raises(errors.UpstreamError) as caught:
+            timeout(bad)
+        assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT, bad
+        named = error_details_pb2.BadRequest()
+        assert caught.value.details[0].Unpack(named), bad
+        assert [v.field for v in named.field_violations] == ["Grpc-Timeout"], bad
 
 
 def test_the_request_id_goes_back_from_either_metadata() -> None:
