@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -136,9 +137,44 @@ def baseline_checkout(folder: Path) -> Checkout:
     return Checkout(root, str(python))
 
 
+# Ports handed out by free_port in this run: each goes to one child.
+_HANDED_OUT: set[int] = set()
+# How many ports below the kernel's ephemeral range free_port draws from.
+PORT_SPAN = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: 32768 unless configured)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port the kernel just handed out; it stays free until a child binds it (tiny race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A free port for a child to listen on, from just below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 comes from the ephemeral range, where every
+    outgoing connection (the load generator's, the gateways' upstream pools) and any other
+    program's port-0 bind takes its ports too: between this function closing its socket and
+    the child binding the port, one of those could take it. Below the range nothing takes a
+    port unless asked for it by number, so it stays free for the child. A random start keeps
+    two runs at once apart; a port is never handed out twice in one run."""
+    high = _ephemeral_low()
+    low = max(1024, high - PORT_SPAN)
+    start = random.randrange(low, high)
+    for offset in range(high - low):
+        port = low + (start - low + offset) % (high - low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue  # in use
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # none free below
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 

@@ -53,6 +53,8 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 
+from bench.processes import free_port
+
 HOST = "127.0.0.1"
 UNARY_PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
 STREAM_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
@@ -178,15 +180,9 @@ async def capture_answers(folder: Path, events_per_stream: int) -> None:
     (folder / "events.json").write_text(json.dumps(events))
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def upstream_process(answers: Path) -> Any:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.upstream_http2", "--serve", str(port), str(answers)],
         cwd=Path(__file__).resolve().parents[1],
