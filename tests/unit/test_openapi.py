@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from gemini_gateway.server.app import LOCAL_SERVICES
-from gemini_gateway.server.http_face import InboundRouteTable, PathTemplate
+from gemini_gateway.server.http_face import (
+    PASSED_HEADERS,
+    TIMEOUT_HEADER,
+    InboundRouteTable,
+    PathTemplate,
+)
 from gemini_gateway.server.openapi import openapi_document, openapi_path
 from tests.unit.test_http_face_routes import ECHO_PACKAGE, ECHO_SERVICE, echo_service
 
@@ -136,7 +141,7 @@ def test_proto3_json_mapping(document: dict[str, Any]) -> None:
     status = _schema(document, "google.rpc.Status")["properties"]
     assert status["details"]["items"]["properties"]["@type"] == {"type": "string"}  # Any
     update = document["paths"]["/v1/projects/{projectsId}/datasets/{datasetsId}"]["patch"]
-    (mask,) = update["parameters"][2:]
+    (mask,) = [p for p in update["parameters"] if p["in"] == "query"]
     assert mask["schema"]["type"] == "string"  # FieldMask
     export = _schema(document, "gemini.gateway.v1.ExportDatasetResponse")["properties"]
     assert export["data"]["format"] == "byte"
@@ -163,3 +168,15 @@ def test_a_new_service_needs_no_code() -> None:
     assert query["colour"] == {"$ref": f"#/components/schemas/{ECHO_PACKAGE}.Colour"}
     assert "labels" not in query  # maps take `labels[KEY]`, which OpenAPI cannot name
     assert "/v1/notes/{notesId}" in document["paths"]  # the additional binding
+
+
+def test_every_operation_takes_the_headers_the_face_reads_and_answers_the_request_id(
+    document: dict[str, Any],
+) -> None:
+    passed = {name.lower() for name in (*PASSED_HEADERS, TIMEOUT_HEADER)}
+    for item in document["paths"].values():
+        for operation in item.values():
+            headers = {p["name"].lower() for p in operation["parameters"] if p["in"] == "header"}
+            assert headers == passed, operation["operationId"]
+            for response in operation["responses"].values():
+                assert set(response["headers"]) == {"X-Request-Id"}, operation["operationId"]
