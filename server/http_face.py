@@ -70,6 +70,13 @@ from google.rpc import status_pb2
 from multidict import MultiMapping
 
 from gemini_gateway.server import errors, openapi
+from gemini_gateway.server.face_headers import (
+    PASSED_HEADER_MAX,
+    PASSED_HEADERS,
+    TIMEOUT_HEADER,
+    TIMEOUT_PATTERN,
+    TIMEOUT_UNIT_S,
+)
 from gemini_gateway.server.log_format import REQUEST_ID_KEY
 from gemini_gateway.server.routes import HttpBinding, Route, RouteTable, RouteTableError
 from gemini_gateway.server.routes import route_for_method as _route_for_method
@@ -134,18 +141,9 @@ SCALAR_MESSAGES = frozenset(
     }
 )
 
-# Request headers passed on as gRPC metadata beside the bearer token (lower case, as gRPC
-# metadata keys are): the caller's request id and W3C trace context.
-PASSED_HEADERS = ("x-request-id", "traceparent", "tracestate")
-PASSED_HEADER_MAX = 512  # tracestate's limit (W3C: 32 list members of up to 256 chars each
-# may be cut to fit 512); a request id is at most 128, a traceparent 55
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+_TIMEOUT = re.compile(TIMEOUT_PATTERN)
 HEADERS_AFTER_MESSAGE_S = 1.0  # a stream's initial metadata, once its first message is in
-# The caller's deadline, in gRPC's own form (the gRPC over HTTP/2 spec): at most 8 digits
-# and a unit, Hours, Minutes, Seconds, milliseconds, microseconds or nanoseconds.
-TIMEOUT_HEADER = "Grpc-Timeout"
-_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
-_TIMEOUT_UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -845,7 +843,7 @@ def caller_timeout(headers: Mapping[str, str]) -> float | None:
             f"{shown!r} is not a timeout: up to 8 digits, then H, M, S, m, u or n (e.g. 30S)",
             TIMEOUT_HEADER,
         )
-    return int(found[1]) * _TIMEOUT_UNIT_S[found[2]]
+    return int(found[1]) * TIMEOUT_UNIT_S[found[2]]
 
 
 def request_id_header(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:

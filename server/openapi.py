@@ -22,6 +22,13 @@ import grpc
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from gemini_gateway.server.face_headers import (
+    PASSED_HEADER_MAX,
+    PASSED_HEADERS,
+    TIMEOUT_HEADER,
+    TIMEOUT_PATTERN,
+)
+
 if TYPE_CHECKING:
     from gemini_gateway.server.http_face import InboundRoute, PathTemplate
 
@@ -32,34 +39,30 @@ ERROR_SCHEMA = "Error"
 # Nested request fields offered as `a.b.c` query parameters, at most this deep.
 MAX_QUERY_DEPTH = 3
 
-# The request headers every operation takes besides the bearer token (http_face reads them:
-# PASSED_HEADERS and TIMEOUT_HEADER), and the request id every answer carries.
+# The request headers every operation takes besides the bearer token (face_headers.py: what
+# http_face reads), and the request id every answer carries.
+_HEADER_DESCRIPTIONS = {
+    "x-request-id": "The call's request id (1 to 128 letters, digits or -_.:/+=); otherwise "
+    "the gateway makes one. Answered in the X-Request-Id header.",
+    "traceparent": "W3C trace context: the call's span becomes a child of this one.",
+    "tracestate": "W3C trace context, with traceparent.",
+}
 HEADER_PARAMETERS: tuple[dict[str, Any], ...] = (
+    *(
+        {
+            "name": name,
+            "in": "header",
+            "description": _HEADER_DESCRIPTIONS[name],
+            "schema": {"type": "string", "maxLength": PASSED_HEADER_MAX},
+        }
+        for name in PASSED_HEADERS
+    ),
     {
-        "name": "X-Request-Id",
-        "in": "header",
-        "description": "The call's request id (1 to 128 letters, digits or -_.:/+=); "
-        "otherwise the gateway makes one. Answered in the X-Request-Id header.",
-        "schema": {"type": "string", "maxLength": 128},
-    },
-    {
-        "name": "traceparent",
-        "in": "header",
-        "description": "W3C trace context: the call's span becomes a child of this one.",
-        "schema": {"type": "string", "maxLength": 512},
-    },
-    {
-        "name": "tracestate",
-        "in": "header",
-        "description": "W3C trace context, with traceparent.",
-        "schema": {"type": "string", "maxLength": 512},
-    },
-    {
-        "name": "Grpc-Timeout",
+        "name": TIMEOUT_HEADER,
         "in": "header",
         "description": "The call's deadline in gRPC's form: up to 8 digits and a unit, "
         "H, M, S, m, u or n (30S, 500m). Past it: DEADLINE_EXCEEDED (504).",
-        "schema": {"type": "string", "pattern": "^[0-9]{1,8}[HMSmun]$"},
+        "schema": {"type": "string", "pattern": f"^{TIMEOUT_PATTERN}$"},
     },
 )
 REQUEST_ID_RESPONSE_HEADER = {
@@ -230,7 +233,7 @@ def _operation(
     if binding.body != "*":
         excluded = set(binding.variables) | ({binding.body} if binding.body else set())
         parameters += query_parameters(request, schemas, excluded)
-    parameters += [dict(header) for header in HEADER_PARAMETERS]
+    parameters += HEADER_PARAMETERS
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "tags": [service.full_name],
@@ -242,7 +245,7 @@ def _operation(
             "200": _success(route, schemas),
             "default": {
                 "description": "An error: google.rpc.Status as JSON.",
-                "headers": dict(REQUEST_ID_RESPONSE_HEADER),
+                "headers": REQUEST_ID_RESPONSE_HEADER,
                 "content": {
                     "application/json": {"schema": {"$ref": _SCHEMA_PREFIX + ERROR_SCHEMA}}
                 },
@@ -262,11 +265,11 @@ def _success(route: InboundRoute, schemas: SchemaSet) -> dict[str, Any]:
     if not route.streaming:
         return {
             "description": f"{route.route.method.output_type.full_name} as proto3 JSON.",
-            "headers": dict(REQUEST_ID_RESPONSE_HEADER),
+            "headers": REQUEST_ID_RESPONSE_HEADER,
             "content": {"application/json": {"schema": response}},
         }
     return {
-        "headers": dict(REQUEST_ID_RESPONSE_HEADER),
+        "headers": REQUEST_ID_RESPONSE_HEADER,
         "description": (
             f"Server-sent events: one `data:` event per {route.route.method.output_type.name} "
             "as proto3 JSON; `event: error` with the error body if the call fails once "

@@ -8,12 +8,8 @@ from typing import Any
 import pytest
 
 from gemini_gateway.server.app import LOCAL_SERVICES
-from gemini_gateway.server.http_face import (
-    PASSED_HEADERS,
-    TIMEOUT_HEADER,
-    InboundRouteTable,
-    PathTemplate,
-)
+from gemini_gateway.server.face_headers import PASSED_HEADERS, TIMEOUT_HEADER
+from gemini_gateway.server.http_face import InboundRouteTable, PathTemplate
 from gemini_gateway.server.openapi import openapi_document, openapi_path
 from tests.unit.test_http_face_routes import ECHO_PACKAGE, ECHO_SERVICE, echo_service
 
